@@ -1,0 +1,1 @@
+"""The ``qml`` command line."""

@@ -1,0 +1,173 @@
+"""``qml worker MODULE:ATTR``: run a server, or N supervised server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from ..config import ServerConfig, default_server_name
+from ..server import BackgroundJobServer
+from ..storage.factory import mask_url
+from .common import EXIT_USAGE, fail, load_app, open_storage, run, storage_option
+
+log = logging.getLogger("qml.cli")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@click.command("worker")
+@click.argument("app")
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Concurrent jobs per process.",
+)
+@click.option(
+    "--queues",
+    "-q",
+    default="default",
+    show_default=True,
+    help="Comma-separated queues, highest priority first.",
+)
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes under one supervisor that restarts crashed ones.",
+)
+@click.option("--name", default=None, help="Server name (default host:pid).")
+@click.option("--burst", is_flag=True, help="Exit 0 once no job is ready.")
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM.",
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Lease length in seconds (renewed by heartbeats).",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Fallback polling interval in seconds.",
+)
+@click.option("--fetch-batch-size", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--no-scheduler", is_flag=True, help="Do not activate due jobs or recover leases.")
+@click.option("--no-cleanup", is_flag=True, help="Do not delete expired jobs.")
+@click.option("--no-recurring", is_flag=True, help="Do not fire recurring templates.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@storage_option
+def worker_cmd(
+    app: str,
+    workers: int,
+    queues: str,
+    processes: int,
+    name: str | None,
+    burst: bool,
+    shutdown_timeout: float,
+    lease_seconds: float,
+    poll_interval: float,
+    fetch_batch_size: int,
+    no_scheduler: bool,
+    no_cleanup: bool,
+    no_recurring: bool,
+    log_level: str,
+    storage_url: str,
+) -> None:
+    """Run jobs registered in APP (MODULE:ATTR naming a WorkerRegistry)."""
+    setup_logging(log_level)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    if not queue_list:
+        fail("--queues needs at least one queue name", EXIT_USAGE)
+    if processes > 1:
+        from .supervisor import Supervisor
+
+        argv = [a for a in sys.argv[1:]]
+        code = Supervisor(argv, processes, name or default_server_name()).run()
+        sys.exit(code)
+    registry = load_app(app)
+    try:
+        config = ServerConfig(
+            server_name=name or default_server_name(),
+            worker_count=workers,
+            queues=queue_list,
+            fetch_batch_size=fetch_batch_size,
+            polling_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            shutdown_timeout=shutdown_timeout,
+            enable_scheduler=not no_scheduler,
+            enable_cleanup=not no_cleanup,
+            enable_recurring=not no_recurring,
+        )
+    except Exception as exc:
+        fail(str(exc), EXIT_USAGE)
+
+    async def body() -> None:
+        storage = await open_storage(storage_url)
+        registry.storage = registry.storage or storage
+        server = BackgroundJobServer(config, storage, registry, burst=burst)
+        loop = asyncio.get_running_loop()
+        signals = 0
+        stop_tasks: list[asyncio.Task[None]] = []
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            force = signals > 1
+            log.warning(
+                "received %s: %s",
+                signal.Signals(signum).name,
+                "releasing running jobs now"
+                if force
+                else f"stopping (running jobs get {config.shutdown_timeout:.0f} s)",
+            )
+            stop_tasks.append(asyncio.create_task(server.stop(force=force)))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        log.info(
+            "qml worker %s: %d job(s) registered, storage %s, %d slot(s), queues %s%s",
+            config.server_name,
+            len(registry),
+            mask_url(storage_url),
+            workers,
+            ",".join(queue_list),
+            " (burst)" if burst else "",
+        )
+        try:
+            await server.run()
+            for t in stop_tasks:
+                await t
+        finally:
+            await storage.close()
+
+    run(body)

@@ -1,0 +1,448 @@
+"""BackgroundJobServer: claims jobs in batches, runs them in slots, records
+outcomes in batches, renews leases, and stops gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from ..config import ServerConfig
+from ..errors import StorageError
+from ..job import JobState
+from ..storage.base import Storage
+from ..storage.requests import ClaimRequest, Lease, Outcome, OutcomeKind
+from ..worker import WorkerContext, WorkerRegistry
+from .pool import DaemonThreadPool
+from .processor import JobProcessor
+from .service import PeriodicService
+from .services import CleanupWorker, Scheduler, ServerRegistryService
+
+log = logging.getLogger("qml.server")
+
+
+@dataclass(eq=False)
+class Slot:
+    """One claimed job on this server, from claim until its outcome is stored."""
+
+    lease: Lease
+    ctx: WorkerContext
+    deadline: float  # local monotonic time the lease is known to hold until
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job.id
+
+
+class BackgroundJobServer:
+    """Runs jobs from ``storage`` with the workers in ``registry``.
+
+    ``await server.start()`` returns once the server is running; ``await
+    server.stop()`` stops claiming at once, lets running jobs finish within
+    ``shutdown_timeout`` and releases the rest back to Enqueued without
+    counting an attempt. A second ``stop()`` releases at once.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        storage: Storage,
+        registry: WorkerRegistry,
+        *,
+        burst: bool = False,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.registry = registry
+        self.burst = burst
+        self.pool = DaemonThreadPool(config.worker_count)
+        self.processor = JobProcessor(config, registry, self.pool)
+        self._held: dict[str, Slot] = {}
+        self._running: set[Slot] = set()
+        self._pending: list[tuple[Outcome, Slot]] = []
+        self._outcome_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._force = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._services: list[PeriodicService] = []
+        self.processed = {k: 0 for k in OutcomeKind}
+        self.leases_lost = 0
+        self._burst_stop: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def name(self) -> str:
+        return self.config.server_name
+
+    @property
+    def is_running(self) -> bool:
+        return self._started and not self._stopped.is_set()
+
+    @property
+    def running_job_ids(self) -> list[str]:
+        return [s.job_id for s in self._running]
+
+    async def start(self) -> None:
+        """Start claiming and running jobs; returns once running."""
+        if self._started:
+            return
+        self._started = True
+        await self.storage.open()
+        cfg = self.config
+        if cfg.enable_scheduler:
+            self._services.append(Scheduler(self.storage, cfg))
+        if cfg.enable_cleanup:
+            self._services.append(CleanupWorker(self.storage, cfg))
+        self._services.append(
+            ServerRegistryService(self.storage, cfg, lambda: self.running_job_ids)
+        )
+        for svc in self._services:
+            svc.start()
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name="qml-fetch"),
+            asyncio.create_task(self._flush_loop(), name="qml-flush"),
+            asyncio.create_task(self._heartbeat_loop(), name="qml-heartbeat"),
+        ]
+        log.info(
+            "server %s started: %d slots, queues %s, storage %s",
+            self.name,
+            cfg.worker_count,
+            ",".join(cfg.queues),
+            self.storage.backend_name,
+            extra={"action": "server_start"},
+        )
+
+    async def wait_stopped(self) -> None:
+        """Wait until the server has stopped (by :meth:`stop` or burst mode)."""
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        """Start and wait until stopped."""
+        await self.start()
+        await self.wait_stopped()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self, *, force: bool = False) -> None:
+        """Stop gracefully (see the class docstring); ``force`` releases at once."""
+        if force:
+            self._force.set()
+        if self._stopping:
+            self._force.set()
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._stop_event.set()
+        if not self._started:
+            self._stopped.set()
+            return
+        fetch = self._tasks[0]
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetch
+        running = [s.task for s in self._running if s.task is not None]
+        if running and not self._force.is_set():
+            log.info(
+                "waiting up to %.0f s for %d running job(s)",
+                self.config.shutdown_timeout,
+                len(running),
+                extra={"action": "shutdown_wait"},
+            )
+            all_done = asyncio.create_task(asyncio.wait(running))
+            force_wait = asyncio.create_task(self._force.wait())
+            await asyncio.wait(
+                [all_done, force_wait],
+                timeout=self.config.shutdown_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            all_done.cancel()  # cancels only the waiting, not the jobs
+            force_wait.cancel()
+        await self._release_remaining()
+        await self._drain_outcomes()
+        for task in self._tasks[1:]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for svc in self._services:
+            await svc.stop()
+        with contextlib.suppress(StorageError):
+            await self.storage.remove_server(self.name)
+        self.pool.shutdown()
+        self._stopped.set()
+        log.info("server %s stopped", self.name, extra={"action": "server_stop"})
+
+    async def _release_remaining(self) -> None:
+        slots = [s for s in self._running if s.task is not None and not s.task.done()]
+        for slot in slots:
+            slot.ctx.cancelled.set("shutdown")
+            assert slot.task is not None
+            slot.task.cancel()
+        if slots:
+            await asyncio.gather(*(s.task for s in slots if s.task), return_exceptions=True)
+            log.warning(
+                "released %d job(s) still running at shutdown",
+                len(slots),
+                extra={"action": "shutdown_release"},
+            )
+
+    # ------------------------------------------------------------------ fetching
+    async def _fetch_loop(self) -> None:
+        cfg = self.config
+        backoff = 0.1
+        while not self._stopping:
+            free = cfg.worker_count - len(self._running)
+            if free <= 0:
+                await self._slot_freed.wait()
+                self._slot_freed.clear()
+                continue
+            want = min(free, cfg.fetch_batch_size)
+            try:
+                leases = await self.storage.claim(
+                    ClaimRequest(cfg.server_name, cfg.queues, want, cfg.lease_seconds)
+                )
+                backoff = 0.1
+            except StorageError as exc:
+                log.warning(
+                    "claim failed (%s); retrying in %.1f s",
+                    exc,
+                    backoff,
+                    extra={"action": "claim_error"},
+                )
+                await self._sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            for lease in leases:
+                self._start_slot(lease)
+            if len(leases) < want:
+                if self.burst and not leases and await self._burst_finished():
+                    self._burst_stop = asyncio.create_task(self.stop())
+                    return
+                await self._wait_for_work()
+
+    async def _burst_finished(self) -> bool:
+        if self._running or self._pending:
+            return False
+        for queue in self.config.queues:
+            if await self.storage.count(JobState.ENQUEUED, queue):
+                return False
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    async def _wait_for_work(self) -> None:
+        if self.burst and self._running:
+            await self._slot_freed.wait()
+            self._slot_freed.clear()
+            return
+        waiter = asyncio.create_task(self.storage.wait_for_work(self.config.polling_interval))
+        stop = asyncio.create_task(self._stop_event.wait())
+        try:
+            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StorageError):
+                await waiter
+
+    # ------------------------------------------------------------------ running
+    def _start_slot(self, lease: Lease) -> None:
+        ctx = WorkerContext(lease.job, server_id=self.name)
+        slot = Slot(lease, ctx, time.monotonic() + self.config.lease_seconds)
+        self._held[slot.job_id] = slot
+        self._running.add(slot)
+        slot.task = asyncio.create_task(self._run_slot(slot), name=f"qml-job-{slot.job_id}")
+
+    async def _run_slot(self, slot: Slot) -> None:
+        outcome: Outcome | None
+        try:
+            outcome = await self.processor.process(slot.lease, slot.ctx)
+        except asyncio.CancelledError:
+            outcome = None if slot.lost else Outcome.release(slot.lease, reason="shutdown")
+        except Exception as exc:  # processor bugs must not kill the server either
+            log.exception("internal error while processing job %s", slot.job_id)
+            outcome = self.processor._fail(slot.lease, exc, reason="internal_error")
+        finally:
+            self._running.discard(slot)
+            self._slot_freed.set()
+        if slot.lost or outcome is None:
+            self._held.pop(slot.job_id, None)
+            return
+        self._log_outcome(slot, outcome)
+        self._pending.append((outcome, slot))
+        self._outcome_ready.set()
+
+    def _log_outcome(self, slot: Slot, outcome: Outcome) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        job = slot.lease.job
+        run = time.monotonic() - slot.started
+        wait = (
+            (job.started_at - (job.enqueued_at or job.created_at)).total_seconds()
+            if job.started_at
+            else 0.0
+        )
+        mark = {"succeed": "✓", "fail": "✗", "retry": "↻", "release": "↩"}[outcome.kind.value]
+        extra = ""
+        if outcome.error is not None:
+            extra = f"  {outcome.error.type}: {outcome.error.message[:120]}"
+        if outcome.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
+            extra += f"  → again in {outcome.delay:.1f}s"
+        log.info(
+            "%s %s %s id=%s attempt %d  wait %.2fs  run %.2fs%s",
+            job.queue,
+            mark,
+            job.method,
+            job.id,
+            job.attempts,
+            wait,
+            run,
+            extra,
+            extra={
+                "action": "job_done",
+                "job_id": job.id,
+                "method": job.method,
+                "queue": job.queue,
+                "attempt": job.attempts,
+                "outcome": outcome.kind.value,
+            },
+        )
+
+    # ------------------------------------------------------------------ outcomes
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            if len(self._pending) < self.config.worker_count and self.config.flush_interval > 0:
+                await asyncio.sleep(self.config.flush_interval)
+            self._outcome_ready.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._flush(batch)
+
+    async def _drain_outcomes(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[Outcome, Slot]]) -> None:
+        """Record outcomes; retried while their leases may still hold."""
+        delay = 0.05
+        while batch:
+            try:
+                results = await self.storage.finish([o for o, _ in batch])
+                break
+            except StorageError as exc:
+                now = time.monotonic()
+                expired = [(o, s) for o, s in batch if s.deadline <= now]
+                batch = [(o, s) for o, s in batch if s.deadline > now]
+                for _, slot in expired:
+                    self._held.pop(slot.job_id, None)
+                    log.error(
+                        "could not record the outcome of job %s before its lease ended;"
+                        " it will be recovered and run again",
+                        slot.job_id,
+                    )
+                if not batch:
+                    return
+                log.warning(
+                    "recording %d outcome(s) failed (%s); retrying",
+                    len(batch),
+                    exc,
+                    extra={"action": "finish_error"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        else:
+            return
+        for (outcome, slot), ok in zip(batch, results, strict=True):
+            self._held.pop(slot.job_id, None)
+            if ok:
+                self.processed[outcome.kind] += 1
+            else:
+                self.leases_lost += 1
+                log.warning(
+                    "job %s: lease lost before its outcome was recorded; the write was refused",
+                    slot.job_id,
+                    extra={"action": "lease_lost", "job_id": slot.job_id},
+                )
+
+    # ------------------------------------------------------------------ heartbeats
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.effective_heartbeat_interval
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(interval, 0.5))
+            now = time.monotonic()
+            requested = any(s.ctx.heartbeat_requested.is_set() for s in self._held.values())
+            if now - last < interval and not requested:
+                continue
+            last = now
+            await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Extend every held lease in one round trip; act on lost ones and cancellations."""
+        slots = [s for s in self._held.values() if not s.lost]
+        if not slots:
+            return
+        for s in slots:
+            s.ctx.heartbeat_requested.clear()
+        sent = time.monotonic()
+        try:
+            replies = await self.storage.extend_leases(
+                [(s.job_id, s.lease.token) for s in slots], self.config.lease_seconds
+            )
+        except StorageError as exc:
+            log.warning(
+                "lease renewal failed (%s); retrying", exc, extra={"action": "heartbeat_error"}
+            )
+            return
+        for slot, reply in zip(slots, replies, strict=True):
+            if not reply.held:
+                self._lose(slot)
+            else:
+                slot.deadline = sent + self.config.lease_seconds
+                if reply.cancel_requested and not slot.ctx.cancelled.is_set():
+                    slot.ctx.cancelled.set("cancelled")
+                    asyncio.get_running_loop().call_later(
+                        self.config.cancel_grace, self._hard_cancel, slot
+                    )
+
+    def _lose(self, slot: Slot) -> None:
+        slot.lost = True
+        self.leases_lost += 1
+        slot.ctx.cancelled.set("lease_lost")
+        log.warning(
+            "job %s: lease lost (another server may run it); stopping it",
+            slot.job_id,
+            extra={"action": "lease_lost", "job_id": slot.job_id},
+        )
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()
+        self._held.pop(slot.job_id, None)
+
+    def _hard_cancel(self, slot: Slot) -> None:
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()

@@ -1,0 +1,61 @@
+"""Background work as small periodic services, each testable one tick at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+
+log = logging.getLogger("qml.server")
+
+
+class PeriodicService(ABC):
+    """Runs :meth:`run_once` every ``interval`` seconds until stopped.
+
+    A failing tick is logged and retried on the next one; it never kills
+    the server.
+    """
+
+    name = "service"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopped = False
+
+    @abstractmethod
+    async def run_once(self) -> None:
+        """One tick of work."""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"qml-{self.name}")
+
+    def poke(self) -> None:
+        """Run the next tick now."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopped:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "%s tick failed; retrying next tick",
+                    self.name,
+                    extra={"action": f"{self.name}_error"},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,593 @@
+"""The worker API: what users write to run jobs.
+
+* :class:`Worker`: subclass with ``method_name`` and ``execute(job, ctx)``.
+* :class:`TypedWorker`: ``TypedWorker[Args]`` where ``Args`` is a dataclass,
+  pydantic model or TypedDict; arguments are validated when enqueued through
+  :meth:`TypedWorker.job` / :meth:`WorkerRegistry.enqueue` and again when run.
+* ``@registry.job("name")`` on a plain sync or async function; the result keeps
+  the function's signature for ``.enqueue(...)``.
+* :class:`WorkerResult` says how an attempt ended; :class:`WorkerContext`
+  gives a running job its id, attempt, logger, cancellation flag and progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import (
+    Any,
+    ClassVar,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    get_args,
+    overload,
+)
+
+import pydantic
+
+from .clock import ensure_aware, utcnow
+from .errors import ConfigurationError, ValidationError, WorkerNotFoundError
+from .job import Job
+from .retry import RetryPolicy
+
+if typing.TYPE_CHECKING:
+    from .storage.base import Storage
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("qml.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResult:
+    """How one attempt ended, when the job wants to say so explicitly.
+
+    Returning a plain value (or None) means success with that value as result;
+    raising an exception means a failure that is retried while the retry policy
+    allows.
+    """
+
+    kind: Literal["success", "retry", "failure"]
+    data: Any = None
+    reason: str | None = None
+    delay: float | None = None
+
+    @classmethod
+    def success(cls, data: Any = None) -> WorkerResult:
+        """The job succeeded; ``data`` (JSON) is stored as its result."""
+        return cls("success", data=data)
+
+    @classmethod
+    def retry(cls, reason: str, delay: float | None = None) -> WorkerResult:
+        """Try again after ``delay`` seconds (default: the retry policy's backoff).
+
+        Counts against the job's retry limit; past it, the job fails.
+        """
+        return cls("retry", reason=reason, delay=delay)
+
+    @classmethod
+    def failure(cls, reason: str) -> WorkerResult:
+        """Fail for good, without retrying."""
+        return cls("failure", reason=reason)
+
+
+class CancelEvent:
+    """Set when the job should stop: cancelled by a user, lease lost, or
+    the server shutting down. Usable from async code and from threads."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    def set(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if self._flag.is_set():
+                return
+            self.reason = reason
+            self._flag.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self) -> None:
+        """Wait (async) until set."""
+        with self._lock:
+            if self._flag.is_set():
+                return
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((asyncio.get_running_loop(), fut))
+        await fut
+
+    def wait_sync(self, timeout: float | None = None) -> bool:
+        """Wait (blocking, for sync jobs in threads); True if set."""
+        return self._flag.wait(timeout)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class WorkerContext:
+    """What a running job knows about itself.
+
+    ``progress()`` and ``heartbeat()`` are plain methods, safe from async code
+    and from sync jobs running in threads; the server ships them to storage.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        server_id: str = "",
+        logger: logging.Logger | None = None,
+        cancelled: CancelEvent | None = None,
+    ) -> None:
+        self.job = job
+        self.server_id = server_id
+        self.cancelled = cancelled or CancelEvent()
+        self.logger: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
+            logger or logging.getLogger("qml.job"),
+            {"job_id": job.id, "method": job.method, "queue": job.queue, "attempt": job.attempts},
+        )
+        self.progress_value: float | None = None
+        self.progress_message: str | None = None
+        self.heartbeat_requested = threading.Event()
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run, 2 on the first retry, and so on."""
+        return self.job.attempts
+
+    @property
+    def method(self) -> str:
+        return self.job.method
+
+    def heartbeat(self) -> None:
+        """Ask the server to renew this job's lease now (it also renews on its own)."""
+        self.heartbeat_requested.set()
+
+    def progress(self, value: float, message: str | None = None) -> None:
+        """Report progress (0–100) and an optional message."""
+        self.progress_value = max(0.0, min(100.0, float(value)))
+        self.progress_message = message
+        self.heartbeat_requested.set()
+
+
+class BaseWorker(ABC):
+    """What the server needs of any job handler registered under ``method_name``.
+
+    Override ``retry_policy``, ``timeout`` (seconds) or ``queue`` per worker.
+    Subclass :class:`Worker` or :class:`TypedWorker`, not this class.
+    """
+
+    method_name: ClassVar[str] = ""
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    timeout: ClassVar[float | None] = None
+    queue: ClassVar[str] = "default"
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is ``async def`` (runs on the event loop) rather than a
+        plain ``def`` (runs in the server's thread pool)."""
+        return inspect.iscoroutinefunction(getattr(self, "execute", None))
+
+    @abstractmethod
+    def invoke(self, job: Job, ctx: WorkerContext) -> Any:
+        """Called by the server: decode arguments and run (or return a coroutine)."""
+
+    def encode_args(self, args: Any) -> Any:
+        """Validate arguments for enqueueing and return their JSON form."""
+        return args
+
+    def make_job(
+        self,
+        args: Any,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: float | None = None,
+        at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        dedup_key: str | None = None,
+    ) -> Job:
+        """A validated job for this worker (no I/O)."""
+        return self.job_for_encoded(
+            self.encode_args(args),
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            at=at,
+            max_retries=max_retries,
+            timeout=timeout,
+            dedup_key=dedup_key,
+        )
+
+    def job_for_encoded(
+        self,
+        encoded: Any,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: float | None = None,
+        at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        dedup_key: str | None = None,
+    ) -> Job:
+        """A job carrying arguments already in their JSON form."""
+        return Job(
+            self.method_name,
+            encoded,
+            queue=queue or self.queue,
+            priority=priority,
+            run_at=_run_at(delay, at),
+            max_retries=max_retries,
+            timeout=timeout,
+            dedup_key=dedup_key,
+        )
+
+
+def _run_at(delay: float | None, at: datetime | None) -> datetime | None:
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay or at, not both")
+    if delay is not None:
+        return utcnow() + timedelta(seconds=delay) if delay > 0 else None
+    return ensure_aware(at) if at is not None else None
+
+
+def _format_validation(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Worker(BaseWorker):
+    """A job handler receiving the raw :class:`Job` (arguments as stored JSON).
+
+    ``execute`` may be ``async def`` (runs on the server's event loop) or a
+    plain ``def`` (runs in the server's thread pool).
+    """
+
+    @abstractmethod
+    def execute(self, job: Job, ctx: WorkerContext) -> Any:
+        """Run one attempt. Return a value, a :class:`WorkerResult`, or raise."""
+
+    def invoke(self, job: Job, ctx: WorkerContext) -> Any:
+        return self.execute(job, ctx)
+
+
+class TypedWorker(BaseWorker, Generic[T]):
+    """A worker whose arguments are a typed value ``T`` (dataclass, pydantic
+    model or TypedDict), validated with pydantic on enqueue and on run."""
+
+    _adapter: ClassVar[pydantic.TypeAdapter[Any] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if origin is TypedWorker:
+                (arg,) = get_args(base)
+                if not isinstance(arg, TypeVar):
+                    cls._adapter = pydantic.TypeAdapter(arg)
+
+    @property
+    def adapter(self) -> pydantic.TypeAdapter[Any]:
+        if self._adapter is None:
+            raise ConfigurationError(
+                f"{type(self).__name__} must subclass TypedWorker[ArgsType] with a concrete type"
+            )
+        return self._adapter
+
+    @abstractmethod
+    def execute(self, args: T, ctx: WorkerContext) -> Any:
+        """Run one attempt with validated arguments."""
+
+    def invoke(self, job: Job, ctx: WorkerContext) -> Any:
+        return self.execute(self.decode_args(job.args), ctx)
+
+    def decode_args(self, data: Any) -> T:
+        try:
+            return cast(T, self.adapter.validate_python(data))
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
+            ) from exc
+
+    def encode_args(self, args: Any) -> Any:
+        try:
+            value = self.adapter.validate_python(args)
+            return self.adapter.dump_python(value, mode="json")
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
+            ) from exc
+
+    def job(self, args: T, **options: Any) -> Job:
+        """A validated job carrying ``args`` (see :meth:`BaseWorker.make_job` for options)."""
+        return self.make_job(args, **options)
+
+
+class FunctionWorker(BaseWorker):
+    """Adapts a plain function registered with ``@registry.job``.
+
+    Arguments are stored as a dict of keyword arguments; a parameter annotated
+    :class:`WorkerContext` receives the context and is not part of them.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        method_name: str,
+        *,
+        queue: str = "default",
+        retry_policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.fn = fn
+        self.method_name = method_name  # type: ignore[misc]
+        self.queue = queue  # type: ignore[misc]
+        self.retry_policy = retry_policy  # type: ignore[misc]
+        self.timeout = timeout  # type: ignore[misc]
+        self.signature = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:
+            hints = {}
+        self.ctx_param: str | None = None
+        fields: dict[str, Any] = {}
+        for name, param in self.signature.parameters.items():
+            ann = hints.get(name, Any)
+            if ann is WorkerContext:
+                self.ctx_param = name
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigurationError(
+                    f"job function {fn.__qualname__} may not take *args or **kwargs"
+                )
+            default = ... if param.default is param.empty else param.default
+            fields[name] = (ann, default)
+        self.model: type[pydantic.BaseModel] = pydantic.create_model(
+            f"{getattr(fn, '__name__', 'job')}_args",
+            __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+            **fields,
+        )
+        self._async = inspect.iscoroutinefunction(fn)
+
+    @property
+    def is_async(self) -> bool:
+        return self._async
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind a call's arguments, validate them and return their JSON form."""
+        params = [p for n, p in self.signature.parameters.items() if n != self.ctx_param]
+        sig = self.signature.replace(parameters=params)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ValidationError(f"invalid arguments for {self.method_name}: {exc}") from exc
+        return cast(dict[str, Any], self.encode_args(dict(bound.arguments)))
+
+    def encode_args(self, args: Any) -> Any:
+        if not isinstance(args, dict):
+            raise ValidationError(
+                f"arguments for {self.method_name} must be an object of keyword arguments"
+            )
+        try:
+            return self.model.model_validate(args).model_dump(mode="json")
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
+            ) from exc
+
+    def decode(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise ValidationError(
+                f"arguments for {self.method_name} must be an object of keyword arguments"
+            )
+        try:
+            model = self.model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
+            ) from exc
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def invoke(self, job: Job, ctx: WorkerContext) -> Any:
+        kwargs = self.decode(job.args)
+        if self.ctx_param is not None:
+            kwargs[self.ctx_param] = ctx
+        return self.fn(**kwargs)
+
+
+class JobFunction(Generic[P, R]):
+    """A function registered as a job. Call it to run it directly; use
+    :meth:`enqueue` to run it in the background."""
+
+    def __init__(
+        self,
+        worker: FunctionWorker,
+        registry: WorkerRegistry,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.registry = registry
+        self._options = options or {}
+        self.__wrapped__ = worker.fn
+        self.__doc__ = worker.fn.__doc__
+        self.__name__ = getattr(worker.fn, "__name__", worker.method_name)
+
+    @property
+    def method_name(self) -> str:
+        return self.worker.method_name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.worker.fn(*args, **kwargs))
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        dedup_key: str | None = None,
+        storage: Storage | None = None,
+    ) -> JobFunction[P, R]:
+        """A copy that enqueues with these options."""
+        opts = dict(self._options)
+        for key, value in (
+            ("queue", queue),
+            ("priority", priority),
+            ("delay", delay),
+            ("at", at),
+            ("max_retries", max_retries),
+            ("timeout", timeout),
+            ("dedup_key", dedup_key),
+            ("storage", storage),
+        ):
+            if value is not None:
+                opts[key] = value
+        return JobFunction(self.worker, self.registry, opts)
+
+    def build(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """A validated :class:`Job` for this call (no I/O)."""
+        opts = {k: v for k, v in self._options.items() if k != "storage"}
+        return self.worker.job_for_encoded(self.worker.encode_call(args, kwargs), **opts)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Validate the call's arguments and enqueue it; return the job id."""
+        job = self.build(*args, **kwargs)
+        storage = self._options.get("storage") or self.registry.storage
+        if storage is None:
+            raise ConfigurationError(
+                f"no storage to enqueue {self.method_name!r} into: pass WorkerRegistry(storage=...)"
+                " or .options(storage=...)"
+            )
+        return await cast("Storage", storage).enqueue(job)
+
+
+class JobDecorator(Protocol):
+    """What ``@registry.job(...)`` returns: keeps the function's signature,
+    minus a leading :class:`WorkerContext` parameter."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[WorkerContext, P], R]) -> JobFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> JobFunction[P, R]: ...
+
+
+class WorkerRegistry:
+    """Maps method names to workers. Servers look jobs up here."""
+
+    def __init__(self, storage: Storage | None = None) -> None:
+        self._workers: dict[str, BaseWorker] = {}
+        self.storage = storage
+
+    def register(self, worker: BaseWorker) -> BaseWorker:
+        """Register a worker instance under its ``method_name``."""
+        name = worker.method_name
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{type(worker).__name__} has no method_name")
+        if name in self._workers and self._workers[name] is not worker:
+            raise ConfigurationError(f"a worker for {name!r} is already registered")
+        self._workers[name] = worker
+        return worker
+
+    def job(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        retry_policy: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> JobDecorator:
+        """Decorator registering a plain sync or async function as a job.
+
+        A parameter annotated :class:`WorkerContext` receives the running job's
+        context; put it first so type checkers leave it out of ``.enqueue()``.
+        """
+        if max_retries is not None:
+            retry_policy = (
+                RetryPolicy(max_retries=max_retries)
+                if retry_policy is None
+                else RetryPolicy(
+                    max_retries=max_retries,
+                    base_delay=retry_policy.base_delay,
+                    factor=retry_policy.factor,
+                    max_delay=retry_policy.max_delay,
+                    jitter=retry_policy.jitter,
+                )
+            )
+
+        def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
+            method = name or f"{fn.__module__}.{fn.__qualname__}"
+            worker = FunctionWorker(
+                fn, method, queue=queue, retry_policy=retry_policy, timeout=timeout
+            )
+            self.register(worker)
+            return JobFunction(worker, self)
+
+        return cast(JobDecorator, decorate)
+
+    def get(self, method: str) -> BaseWorker:
+        """The worker for ``method``; raises :class:`WorkerNotFoundError`."""
+        try:
+            return self._workers[method]
+        except KeyError:
+            raise WorkerNotFoundError(method) from None
+
+    def __contains__(self, method: object) -> bool:
+        return method in self._workers
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self._workers)
+
+    def make_job(self, method: str, args: Any, **options: Any) -> Job:
+        """A job for a registered method, arguments validated by its worker."""
+        return self.get(method).make_job(args, **options)
+
+    async def enqueue(
+        self, method: str, args: Any = None, *, storage: Storage | None = None, **options: Any
+    ) -> str:
+        """Validate ``args`` with the registered worker and enqueue; return the id."""
+        target = storage or self.storage
+        if target is None:
+            raise ConfigurationError("no storage: pass storage=... or WorkerRegistry(storage=...)")
+        return await target.enqueue(self.make_job(method, {} if args is None else args, **options))

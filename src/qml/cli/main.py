@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .jobs import enqueue_cmd, jobs_group, stats_cmd
+from .recurring import recurring_group, scheduler_cmd
 from .worker import worker_cmd
 
 
@@ -23,6 +24,8 @@ cli.add_command(worker_cmd)
 cli.add_command(enqueue_cmd)
 cli.add_command(jobs_group)
 cli.add_command(stats_cmd)
+cli.add_command(recurring_group)
+cli.add_command(scheduler_cmd)
 
 
 @cli.command("demo")

@@ -9,16 +9,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+from .. import recurring
 from ..config import ServerConfig
 from ..errors import StorageError
 from ..job import JobState
 from ..storage.base import Storage
-from ..storage.requests import ClaimRequest, Lease, Outcome, OutcomeKind
+from ..storage.requests import (
+    ClaimRequest,
+    Lease,
+    MisfirePolicy,
+    Outcome,
+    OutcomeKind,
+    RecurringTemplate,
+)
 from ..worker import WorkerContext, WorkerRegistry
 from .pool import DaemonThreadPool
 from .processor import JobProcessor
+from .recurring import RecurringJobPoller
 from .service import PeriodicService
 from .services import CleanupWorker, Scheduler, ServerRegistryService
 
@@ -102,6 +111,8 @@ class BackgroundJobServer:
         cfg = self.config
         if cfg.enable_scheduler:
             self._services.append(Scheduler(self.storage, cfg))
+        if cfg.enable_recurring:
+            self._services.append(RecurringJobPoller(self.storage, cfg))
         if cfg.enable_cleanup:
             self._services.append(CleanupWorker(self.storage, cfg))
         self._services.append(
@@ -205,6 +216,54 @@ class BackgroundJobServer:
                 len(slots),
                 extra={"action": "shutdown_release"},
             )
+
+    # ------------------------------------------------------------------ recurring
+    async def schedule_recurring(
+        self,
+        template_id: str,
+        cron: str,
+        method: str,
+        args: Any = None,
+        queue: str = "default",
+        *,
+        timezone: str = "UTC",
+        misfire: MisfirePolicy | str = MisfirePolicy.FIRE_ONCE,
+        max_catchup: int = 100,
+        priority: int = 0,
+        max_retries: int | None = None,
+    ) -> RecurringTemplate:
+        """Create or update a recurring template (6-field cron with seconds first, or
+        5-field). Shared by every server on this storage; survives restarts."""
+        return await recurring.schedule_recurring(
+            self.storage,
+            template_id,
+            cron,
+            method,
+            args,
+            queue,
+            timezone=timezone,
+            misfire=misfire,
+            max_catchup=max_catchup,
+            priority=priority,
+            max_retries=max_retries,
+        )
+
+    async def remove_recurring(self, template_id: str) -> bool:
+        """Remove a template; False if there was none."""
+        return await self.storage.remove_recurring(template_id)
+
+    async def pause_recurring(self, template_id: str) -> RecurringTemplate:
+        return await recurring.set_paused(self.storage, template_id, True)
+
+    async def resume_recurring(self, template_id: str) -> RecurringTemplate:
+        return await recurring.set_paused(self.storage, template_id, False)
+
+    async def trigger_recurring(self, template_id: str) -> str:
+        """Enqueue one run of the template now; returns the job id."""
+        return await recurring.trigger_recurring(self.storage, template_id)
+
+    async def list_recurring(self) -> list[RecurringTemplate]:
+        return await self.storage.list_recurring()
 
     # ------------------------------------------------------------------ fetching
     async def _fetch_loop(self) -> None:

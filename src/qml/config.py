@@ -38,6 +38,7 @@ class ServerConfig:
     scheduler_interval: float = 1.0
     enable_recurring: bool = True
     recurring_poll_interval: float = 1.0
+    recurring_claim_seconds: float = 30.0
     enable_cleanup: bool = True
     cleanup_interval: float = 60.0
     cleanup_batch_size: int = 1000
@@ -76,6 +77,8 @@ class ServerConfig:
                 raise ConfigurationError(f"{name} must be >= 0")
         if self.job_timeout is not None and self.job_timeout <= 0:
             raise ConfigurationError("job_timeout must be positive or None")
+        if self.recurring_claim_seconds <= self.recurring_poll_interval:
+            raise ConfigurationError("recurring_claim_seconds must exceed recurring_poll_interval")
         if self.max_crashes < 1:
             raise ConfigurationError("max_crashes must be >= 1")
 

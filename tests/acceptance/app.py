@@ -66,3 +66,8 @@ async def sleepy(ctx: WorkerContext, seconds: float) -> str:
     await asyncio.sleep(seconds)
     _record(ctx.job_id, ctx.attempt, "end")
     return "slept"
+
+
+@registry.job("noop")
+def noop() -> None:
+    """Does nothing (recurring tick jobs)."""

@@ -13,29 +13,48 @@ import pytest
 from qml import Job, JobState, LeaseLostError, Storage, StorageInstance
 from qml.storage.requests import Lease
 
+from .backends import available_backends, backend_urls
 from .helpers import executions, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.fixture(params=available_backends())
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store on each available backend."""
+    return backend_urls(tmp_path)[request.param]
+
+
 @pytest.fixture
-def storage_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'jobs.db'}"
 
 
-@pytest.fixture
-async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    s = await StorageInstance.from_url(storage_url)
+async def _open(url: str) -> AsyncIterator[Storage]:
+    s = await StorageInstance.from_url(url)
     try:
         yield s
     finally:
         await s.close()
 
 
+@pytest.fixture
+async def storage(storage_url: str) -> AsyncIterator[Storage]:
+    async for s in _open(storage_url):
+        yield s
+
+
+@pytest.fixture
+async def sqlite_storage(sqlite_url: str) -> AsyncIterator[Storage]:
+    async for s in _open(sqlite_url):
+        yield s
+
+
 async def test_four_processes_run_every_job_exactly_once(
     storage: Storage, storage_url: str, tmp_path: Path
 ) -> None:
-    n = 2000
+    # 2,000 jobs on SQLite (one host), 10,000 on the networked backends
+    n = 2000 if storage_url.startswith("sqlite") else 10_000
     ids: list[str] = []
     for start in range(0, n, 500):
         ids += await storage.enqueue_many(
@@ -52,7 +71,7 @@ async def test_four_processes_run_every_job_exactly_once(
         "--burst",
         log=tmp_path / "worker.log",
     )
-    code = proc.wait(300)
+    code = proc.wait(480)
     assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
     counts = executions(exec_db)
     assert set(counts) == set(ids), f"lost: {len(set(ids) - set(counts))}"
@@ -104,8 +123,9 @@ async def test_kill_9_mid_job_is_rerun_and_late_write_refused(
 
 
 async def test_sigterm_lets_running_jobs_finish(
-    storage: Storage, storage_url: str, tmp_path: Path
+    sqlite_storage: Storage, sqlite_url: str, tmp_path: Path
 ) -> None:
+    storage, storage_url = sqlite_storage, sqlite_url
     exec_db = tmp_path / "exec.db"
     ids = await storage.enqueue_many([Job("sleepy", {"seconds": 2.0}) for _ in range(10)])
     proc = start_worker(storage_url, exec_db, "--workers", "10", "--shutdown-timeout", "60")
@@ -125,8 +145,9 @@ async def test_sigterm_lets_running_jobs_finish(
 
 
 async def test_sigterm_releases_jobs_past_the_shutdown_timeout(
-    storage: Storage, storage_url: str, tmp_path: Path
+    sqlite_storage: Storage, sqlite_url: str, tmp_path: Path
 ) -> None:
+    storage, storage_url = sqlite_storage, sqlite_url
     exec_db = tmp_path / "exec.db"
     ids = await storage.enqueue_many([Job("sleepy", {"seconds": 600}) for _ in range(10)])
     proc = start_worker(storage_url, exec_db, "--workers", "10", "--shutdown-timeout", "1")
@@ -147,8 +168,9 @@ async def test_sigterm_releases_jobs_past_the_shutdown_timeout(
 
 
 async def test_second_sigterm_releases_at_once(
-    storage: Storage, storage_url: str, tmp_path: Path
+    sqlite_storage: Storage, sqlite_url: str, tmp_path: Path
 ) -> None:
+    storage, storage_url = sqlite_storage, sqlite_url
     exec_db = tmp_path / "exec.db"
     await storage.enqueue_many([Job("sleepy", {"seconds": 600}) for _ in range(3)])
     proc = start_worker(storage_url, exec_db, "--workers", "3", "--shutdown-timeout", "600")

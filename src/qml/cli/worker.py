@@ -80,6 +80,20 @@ def setup_logging(level: str) -> None:
 @click.option("--no-cleanup", is_flag=True, help="Do not delete expired jobs.")
 @click.option("--no-recurring", is_flag=True, help="Do not fire recurring templates.")
 @click.option(
+    "--recurring-poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks for due recurring templates.",
+)
+@click.option(
+    "--recurring-claim-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long a claimed template is held before another server may take it.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -100,6 +114,8 @@ def worker_cmd(
     no_scheduler: bool,
     no_cleanup: bool,
     no_recurring: bool,
+    recurring_poll_interval: float,
+    recurring_claim_seconds: float,
     log_level: str,
     storage_url: str,
 ) -> None:
@@ -111,7 +127,7 @@ def worker_cmd(
     if processes > 1:
         from .supervisor import Supervisor
 
-        argv = [a for a in sys.argv[1:]]
+        argv = list(sys.argv[1:])
         code = Supervisor(argv, processes, name or default_server_name()).run()
         sys.exit(code)
     registry = load_app(app)
@@ -127,6 +143,8 @@ def worker_cmd(
             enable_scheduler=not no_scheduler,
             enable_cleanup=not no_cleanup,
             enable_recurring=not no_recurring,
+            recurring_poll_interval=recurring_poll_interval,
+            recurring_claim_seconds=recurring_claim_seconds,
         )
     except Exception as exc:
         fail(str(exc), EXIT_USAGE)

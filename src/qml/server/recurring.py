@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import faults
 from ..config import ServerConfig
 from ..recurring import fire_claim
 from ..storage.base import Storage
@@ -21,7 +22,7 @@ class RecurringJobPoller(PeriodicService):
         super().__init__(config.recurring_poll_interval)
         self.storage = storage
         self.server_id = config.server_name
-        self.claim_seconds = max(30.0, 3 * config.recurring_poll_interval)
+        self.claim_seconds = config.recurring_claim_seconds
         self.grace = max(5.0, 2 * config.recurring_poll_interval)
         self.batch = batch
         self.fired = 0
@@ -31,6 +32,8 @@ class RecurringJobPoller(PeriodicService):
             claims = await self.storage.claim_due_recurring(
                 self.server_id, limit=self.batch, claim_seconds=self.claim_seconds
             )
+            if claims:
+                faults.point("recurring.claimed")
             for claim in claims:
                 try:
                     self.fired += await fire_claim(self.storage, claim, self.grace)

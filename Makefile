@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest chaos bench clean
+.PHONY: demo test lint typecheck pytest bench bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,20 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# qml alone: drain throughput of N no-op jobs on each backend given in BENCH_URLS.
+BENCH_URLS ?= memory:// sqlite:///$(CURDIR)/.bench.db
+bench: $(VENV)/.installed
+	for url in $(BENCH_URLS); do $(BIN)/python benchmarks/drain.py --storage $$url --jobs 10000; done
+
+# qml next to its Python peers, measured in one run by ../shared/bench.
+BENCH_SYSTEMS ?= qml_memory huey_memory qml_sqlite huey_sqlite qml_redis saq_redis taskiq_redis \
+  huey_redis rq_redis arq_redis dramatiq_redis celery_redis streaq_redis qml_postgres pgqueuer_pg \
+  procrastinate_pg saq_postgres
+bench-peers: $(VENV)/.installed
+	BENCH_ADAPTERS_DIR=$(CURDIR)/benchmarks/peers BENCH_PYTHON_qml=$(CURDIR)/$(BIN)/python \
+	  SYSTEMS="$(BENCH_SYSTEMS)" OUT_MD=$(CURDIR)/benchmarks/peers/RESULTS.md \
+	  bash ../shared/bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

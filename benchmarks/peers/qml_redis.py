@@ -1,0 +1,24 @@
+"""qml on Redis (logical DB 7, reserved for qml by the harness)."""
+
+from __future__ import annotations
+
+from harness.adapter import redis_flushdb, redis_url  # type: ignore[import-not-found]
+from qml_common import QmlBase, noop, registry  # noqa: F401  (registry: the worker's app)
+
+DB = 7
+
+
+class QmlRedis(QmlBase):
+    backend = "redis"
+    url = redis_url(DB)
+    notes = QmlBase.notes + "; Lua scripts by SHA; wake-up by a blocking pop"
+
+    async def setup(self) -> None:
+        redis_flushdb(DB)
+        await self.open()
+
+    async def reset(self) -> None:
+        redis_flushdb(DB)
+
+
+ADAPTER = QmlRedis()

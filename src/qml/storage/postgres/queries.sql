@@ -1,0 +1,449 @@
+-- Named queries of PostgresStorage. Each starts at a "-- name: <name>" line.
+-- Placeholders are replaced by quoted identifiers (sql.py); values are always
+-- bound parameters. Guards on rows found by id compare "state::text": that
+-- keeps the planner on the primary key whatever the (volatile) statistics of a
+-- queue table say, instead of scanning every row of a state through an index.
+-- Parameters named "now" fall back to the database clock: coalesce($n, now()).
+
+-- name: enqueue
+-- Insert jobs (arrays, one element per job) and their dedup keys in one statement:
+-- a used key or id raises a unique violation and nothing is written. Times come
+-- from the database clock (one timestamp for the whole batch), and so does the
+-- choice between Enqueued and Scheduled.
+WITH t AS (
+    SELECT statement_timestamp() AS at
+), src AS (
+    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
+    FROM t, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                   $7::timestamptz[], $8::float8[], $9::text[], $10::text[])
+        AS s(id, method, args, queue, priority, max_retries, run_at, timeout, dedup_key, meta)
+), dedup AS (
+    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
+    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
+)
+INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
+    timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
+SELECT id, method, args::json, queue, priority, max_retries, run_at, timeout, dedup_key,
+       meta::json, state::{{schema}}.{{table_state}}, t.at, t.at,
+       CASE WHEN state = 'enqueued' THEN t.at END,
+       {{schema}}.{{table_history_entry}}(state, t.at, state, NULL, 0)
+FROM src, t
+
+-- name: enqueue_skip_used
+-- Recurring ticks: jobs stamped by the caller (the claim's time); those whose
+-- dedup key was used before are skipped.
+WITH src AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                         $7::timestamptz[], $8::float8[], $9::text[], $10::text[], $11::text[],
+                         $12::timestamptz[], $13::timestamptz[], $14::text[])
+        AS s(id, method, args, queue, priority, max_retries, run_at, timeout, dedup_key, meta,
+             state, created_at, enqueued_at, history)
+), dedup AS (
+    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
+    SELECT dedup_key, id, created_at FROM src WHERE dedup_key IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
+    timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
+SELECT id, method, args::json, queue, priority, max_retries, run_at, timeout, dedup_key,
+       meta::json, state::{{schema}}.{{table_state}}, created_at, created_at, enqueued_at,
+       history::jsonb
+FROM src WHERE dedup_key IS NULL OR id IN (SELECT job_id FROM dedup)
+RETURNING id
+
+-- name: claim
+-- $1 server, $2 queues in priority order, $3 limit, $4 now, $5 lease seconds.
+-- One LATERAL probe of the claim index per queue; SKIP LOCKED lets concurrent
+-- claimers pass each other; lease token and deadline come from the database.
+WITH t AS (
+    SELECT coalesce($4::timestamptz, now()) AS at
+), q AS (
+    SELECT u.name, u.ord FROM unnest($2::text[]) WITH ORDINALITY AS u(name, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.{{table_paused_queues}} p WHERE p.queue = u.name)
+), picked AS (
+    SELECT c.id, row_number() OVER (ORDER BY q.ord, c.priority DESC, c.enqueued_at, c.id) AS rn
+    FROM q CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.enqueued_at FROM {{schema}}.{{table}} j
+        WHERE j.state = 'enqueued' AND j.queue = q.name
+        ORDER BY j.priority DESC, j.enqueued_at, j.id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY q.ord, c.priority DESC, c.enqueued_at, c.id
+    LIMIT $3
+)
+UPDATE {{schema}}.{{table}} AS j SET
+    state = 'processing',
+    attempts = j.attempts + 1,
+    started_at = t.at,
+    server_id = $1,
+    lease_token = gen_random_uuid()::text,
+    lease_expires_at = t.at + $5::float8 * interval '1 second',
+    cancel_requested = false,
+    updated_at = t.at,
+    history = j.history || {{schema}}.{{table_history_entry}}(
+        'processing', t.at, NULL, $1, j.attempts + 1)
+FROM picked, t
+WHERE j.id = picked.id
+RETURNING picked.rn, {{job_columns}}
+
+-- name: finish
+-- Outcomes as arrays; each row applies only while the job is Processing under
+-- that token. Returns the position (1-based) of each applied outcome, and
+-- counts the outcomes of the minute in the same statement.
+WITH o AS (
+    SELECT u.*, CASE u.kind
+            WHEN 'succeed' THEN 'succeeded' WHEN 'fail' THEN 'failed'
+            WHEN 'retry' THEN 'awaiting_retry'
+            ELSE CASE WHEN u.delay > 0 THEN 'scheduled' ELSE 'enqueued' END
+        END AS target
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::float8[], $9::float8[], $10::text[])
+        WITH ORDINALITY AS u(id, token, kind, result, error_type, error, traceback, delay, ttl,
+                             reason, ord)
+), t AS (
+    SELECT coalesce($11::timestamptz, now()) AS at
+), upd AS (
+    UPDATE {{schema}}.{{table}} AS j SET
+        state = o.target::{{schema}}.{{table_state}},
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        server_id = NULL,
+        cancel_requested = false,
+        last_lease_token = j.lease_token,
+        attempts = CASE WHEN o.kind = 'release' THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+        result = CASE WHEN o.kind = 'succeed' THEN o.result::json ELSE j.result END,
+        finished_at = CASE WHEN o.kind IN ('succeed', 'fail') THEN t.at ELSE j.finished_at END,
+        expires_at = CASE WHEN o.kind IN ('succeed', 'fail')
+            THEN t.at + coalesce(o.ttl, 0) * interval '1 second' ELSE j.expires_at END,
+        error_type = CASE WHEN o.error_type IS NOT NULL THEN o.error_type ELSE j.error_type END,
+        error = CASE WHEN o.error_type IS NOT NULL THEN o.error ELSE j.error END,
+        traceback = CASE WHEN o.error_type IS NOT NULL THEN o.traceback ELSE j.traceback END,
+        run_at = CASE WHEN o.target IN ('awaiting_retry', 'scheduled')
+            THEN t.at + o.delay * interval '1 second' ELSE j.run_at END,
+        enqueued_at = CASE WHEN o.target = 'enqueued' THEN t.at ELSE j.enqueued_at END,
+        updated_at = t.at,
+        history = j.history || {{schema}}.{{table_history_entry}}(
+            o.target, t.at, o.reason, j.server_id,
+            CASE WHEN o.kind = 'release' THEN greatest(j.attempts - 1, 0) ELSE j.attempts END)
+    FROM o, t
+    WHERE j.id = o.id AND j.state::text = 'processing' AND j.lease_token = o.token
+    RETURNING o.ord, o.target, t.at
+), stats AS (
+    INSERT INTO {{schema}}.{{table_minute_stats}} AS s (minute, succeeded, failed)
+    SELECT to_timestamp(floor(extract(epoch FROM at) / 60) * 60),
+           count(*) FILTER (WHERE target = 'succeeded'), count(*) FILTER (WHERE target = 'failed')
+    FROM upd WHERE target IN ('succeeded', 'failed')
+    GROUP BY 1
+    ON CONFLICT (minute) DO UPDATE
+        SET succeeded = s.succeeded + EXCLUDED.succeeded, failed = s.failed + EXCLUDED.failed
+)
+SELECT ord, target FROM upd
+
+-- name: finish_applied
+-- After a lost connection: which outcomes (id, token) were already recorded.
+SELECT u.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(id, token, ord)
+JOIN {{schema}}.{{table}} j ON j.id = u.id
+WHERE j.last_lease_token = u.token
+
+-- name: extend_leases
+WITH l AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS l(id, token, ord)
+), t AS (
+    SELECT coalesce($4::timestamptz, now()) + $3::float8 * interval '1 second' AS until
+)
+UPDATE {{schema}}.{{table}} AS j SET lease_expires_at = t.until
+FROM l, t
+WHERE j.id = l.id AND j.state::text = 'processing' AND j.lease_token = l.token
+RETURNING l.ord, j.cancel_requested, j.lease_expires_at
+
+-- name: recover_expired
+-- $1 now, $2 limit, $3 max crashes, $4 crash backoff, $5 quarantine reason, $6 failed ttl.
+WITH t AS (
+    SELECT coalesce($1::timestamptz, now()) AS at
+), c AS (
+    SELECT j.id, j.server_id, j.attempts, j.crashes + 1 AS crashes,
+           $4::float8 * power(2::float8, least(j.crashes, 1000)) AS delay
+    FROM {{schema}}.{{table}} j, t
+    WHERE j.state = 'processing' AND j.lease_expires_at <= t.at
+    ORDER BY j.lease_expires_at, j.id
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+), d AS (
+    SELECT c.*, CASE WHEN c.crashes >= $3 THEN 'failed'
+                     WHEN c.delay > 0 THEN 'awaiting_retry' ELSE 'enqueued' END AS target
+    FROM c
+), upd AS (
+    UPDATE {{schema}}.{{table}} AS j SET
+        state = d.target::{{schema}}.{{table_state}},
+        crashes = d.crashes,
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        server_id = NULL,
+        cancel_requested = false,
+        error_type = CASE WHEN d.target = 'failed' THEN 'WorkerCrashed' ELSE j.error_type END,
+        error = CASE WHEN d.target = 'failed'
+            THEN $5 || ': the worker running this job died ' || d.crashes || ' times'
+            ELSE j.error END,
+        traceback = CASE WHEN d.target = 'failed' THEN NULL ELSE j.traceback END,
+        finished_at = CASE WHEN d.target = 'failed' THEN t.at ELSE j.finished_at END,
+        expires_at = CASE WHEN d.target = 'failed'
+            THEN t.at + $6::float8 * interval '1 second' ELSE j.expires_at END,
+        run_at = CASE WHEN d.target = 'awaiting_retry'
+            THEN t.at + d.delay * interval '1 second' ELSE j.run_at END,
+        enqueued_at = CASE WHEN d.target = 'enqueued' THEN t.at ELSE j.enqueued_at END,
+        updated_at = t.at,
+        history = j.history || {{schema}}.{{table_history_entry}}(
+            d.target, t.at, CASE WHEN d.target = 'failed' THEN $5 ELSE 'lease_expired' END,
+            d.server_id, d.attempts)
+    FROM d, t
+    WHERE j.id = d.id
+    RETURNING j.id, d.target AS target, t.at
+), stats AS (
+    INSERT INTO {{schema}}.{{table_minute_stats}} AS s (minute, succeeded, failed)
+    SELECT to_timestamp(floor(extract(epoch FROM at) / 60) * 60),
+           count(*) FILTER (WHERE target = 'succeeded'), count(*) FILTER (WHERE target = 'failed')
+    FROM upd WHERE target IN ('succeeded', 'failed')
+    GROUP BY 1
+    ON CONFLICT (minute) DO UPDATE
+        SET succeeded = s.succeeded + EXCLUDED.succeeded, failed = s.failed + EXCLUDED.failed
+)
+SELECT id, target FROM upd
+
+-- name: activate_due
+WITH t AS (
+    SELECT coalesce($1::timestamptz, now()) AS at
+), c AS (
+    SELECT j.id FROM {{schema}}.{{table}} j, t
+    WHERE j.state IN ('scheduled', 'awaiting_retry') AND j.run_at <= t.at
+    ORDER BY j.run_at
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+), u AS (
+    UPDATE {{schema}}.{{table}} AS j SET
+        state = 'enqueued',
+        enqueued_at = t.at,
+        updated_at = t.at,
+        history = j.history || {{schema}}.{{table_history_entry}}(
+            'enqueued', t.at, 'due', NULL, j.attempts)
+    FROM c, t
+    WHERE j.id = c.id
+    RETURNING 1
+)
+SELECT count(*) FROM u
+
+-- name: transition_many
+-- $1 ids, $2 target state, $3 allowed source states, $4 reason, $5 ttl, $6 reset
+-- attempts, $7 run_at, $8 now. Returns the position of each moved id.
+WITH ids AS (
+    SELECT * FROM unnest($1::text[]) WITH ORDINALITY AS i(id, ord)
+), t AS (
+    SELECT coalesce($8::timestamptz, now()) AS at
+)
+UPDATE {{schema}}.{{table}} AS j SET
+    state = $2::text::{{schema}}.{{table_state}},
+    expires_at = CASE WHEN $5::float8 IS NULL THEN NULL
+        ELSE t.at + $5::float8 * interval '1 second' END,
+    finished_at = CASE WHEN $5::float8 IS NOT NULL AND $2::text <> 'deleted'
+        THEN t.at ELSE j.finished_at END,
+    attempts = CASE WHEN $6::boolean THEN 0 ELSE j.attempts END,
+    crashes = CASE WHEN $6::boolean THEN 0 ELSE j.crashes END,
+    run_at = CASE WHEN $2::text IN ('scheduled', 'awaiting_retry')
+                  THEN coalesce($7::timestamptz, t.at)
+                  WHEN $2::text = 'enqueued' THEN NULL ELSE j.run_at END,
+    enqueued_at = CASE WHEN $2::text = 'enqueued' THEN t.at ELSE j.enqueued_at END,
+    updated_at = t.at,
+    history = j.history || {{schema}}.{{table_history_entry}}(
+        $2::text, t.at, $4::text, NULL,
+        CASE WHEN $6::boolean THEN 0 ELSE j.attempts END)
+FROM ids, t
+WHERE j.id = ids.id AND j.state::text = ANY($3::text[])
+RETURNING ids.ord
+
+-- name: request_cancel
+UPDATE {{schema}}.{{table}} SET cancel_requested = true
+WHERE id = $1 AND state::text = 'processing'
+RETURNING id
+
+-- name: get_job
+SELECT {{job_columns}} FROM {{schema}}.{{table}} j WHERE j.id = $1
+
+-- name: list_jobs
+-- The dashboard's listing; PostgresStorage appends fixed WHERE / ORDER BY / LIMIT
+-- fragments with bound parameters for the filters in use.
+SELECT {{job_columns}} FROM {{schema}}.{{table}} j
+
+-- name: counts
+SELECT queue, state::text AS state, sum(n)::bigint AS n
+FROM (SELECT queue, state, n FROM {{schema}}.{{table_counts}}
+      UNION ALL SELECT queue, state, n FROM {{schema}}.{{table_count_deltas}}) x
+GROUP BY queue, state
+HAVING sum(n) <> 0
+
+-- name: job_count
+SELECT coalesce(sum(n), 0)::bigint
+FROM (SELECT n FROM {{schema}}.{{table_counts}} WHERE queue = $1
+      UNION ALL SELECT n FROM {{schema}}.{{table_count_deltas}} WHERE queue = $1) x
+
+-- name: compact_counts
+-- Fold the count deltas into the counts table; one compactor at a time ($1: lock key).
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($1) AS ok
+), moved AS (
+    DELETE FROM {{schema}}.{{table_count_deltas}} WHERE (SELECT ok FROM lock)
+    RETURNING queue, state, n
+)
+INSERT INTO {{schema}}.{{table_counts}} AS c (queue, state, n)
+SELECT queue, state, sum(n) FROM moved GROUP BY queue, state ORDER BY queue, state
+ON CONFLICT (queue, state) DO UPDATE SET n = c.n + EXCLUDED.n
+
+-- name: history
+-- $1 minutes, $2 now: one row per minute, oldest first, zeros included.
+WITH t AS (
+    SELECT floor(extract(epoch FROM coalesce($2::timestamptz, now())) / 60)::bigint AS m
+)
+SELECT g.m, coalesce(s.succeeded, 0)::bigint AS succeeded, coalesce(s.failed, 0)::bigint AS failed
+FROM t CROSS JOIN LATERAL generate_series(t.m - $1 + 1, t.m) AS g(m)
+LEFT JOIN {{schema}}.{{table_minute_stats}} s ON s.minute = to_timestamp(g.m * 60)
+ORDER BY g.m
+
+-- name: oldest_enqueued
+SELECT queue, min(created_at) AS oldest FROM {{schema}}.{{table}}
+WHERE state = 'enqueued' AND queue = ANY($1::text[])
+GROUP BY queue
+
+-- name: pause_queue
+INSERT INTO {{schema}}.{{table_paused_queues}} (queue) VALUES ($1) ON CONFLICT DO NOTHING
+
+-- name: resume_queue
+WITH d AS (
+    DELETE FROM {{schema}}.{{table_paused_queues}} WHERE queue = $1
+)
+SELECT pg_notify({{channel}}, '')
+
+-- name: paused_queues
+SELECT queue FROM {{schema}}.{{table_paused_queues}}
+
+-- name: upsert_recurring
+INSERT INTO {{schema}}.{{table_recurring}} AS r (id, cron, method, args, queue, timezone,
+    misfire, max_catchup, priority, max_retries, paused, next_run_at, last_run_at, last_job_id)
+VALUES ($1, $2, $3, $4::json, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (id) DO UPDATE SET
+    cron = EXCLUDED.cron, method = EXCLUDED.method, args = EXCLUDED.args,
+    queue = EXCLUDED.queue, timezone = EXCLUDED.timezone, misfire = EXCLUDED.misfire,
+    max_catchup = EXCLUDED.max_catchup, priority = EXCLUDED.priority,
+    max_retries = EXCLUDED.max_retries, paused = EXCLUDED.paused,
+    next_run_at = EXCLUDED.next_run_at,
+    last_run_at = CASE WHEN EXCLUDED.last_run_at IS NULL THEN r.last_run_at
+                       ELSE EXCLUDED.last_run_at END,
+    last_job_id = CASE WHEN EXCLUDED.last_run_at IS NULL THEN r.last_job_id
+                       ELSE EXCLUDED.last_job_id END,
+    updated_at = now()
+
+-- name: get_recurring
+SELECT * FROM {{schema}}.{{table_recurring}} WHERE id = $1
+
+-- name: list_recurring
+SELECT * FROM {{schema}}.{{table_recurring}} ORDER BY id
+
+-- name: remove_recurring
+DELETE FROM {{schema}}.{{table_recurring}} WHERE id = $1 RETURNING id
+
+-- name: set_recurring_paused
+UPDATE {{schema}}.{{table_recurring}} SET paused = $2, updated_at = now()
+WHERE id = $1 RETURNING id
+
+-- name: claim_due_recurring
+-- $1 server, $2 limit, $3 claim seconds, $4 now.
+WITH t AS (
+    SELECT coalesce($4::timestamptz, now()) AS at
+), c AS (
+    SELECT r.id FROM {{schema}}.{{table_recurring}} r, t
+    WHERE NOT r.paused AND r.next_run_at <= t.at
+      AND (r.claimed_by IS NULL OR r.claim_expires_at IS NULL OR r.claim_expires_at <= t.at)
+    ORDER BY r.id
+    LIMIT $2
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE {{schema}}.{{table_recurring}} AS r SET
+    claimed_by = $1 || '#' || gen_random_uuid()::text,
+    claim_expires_at = t.at + $3::float8 * interval '1 second'
+FROM c, t
+WHERE r.id = c.id
+RETURNING r.*, t.at AS claimed_at
+
+-- name: lock_recurring_claim
+-- Hold a template for parking while its claim token ($2) is still ours.
+SELECT id FROM {{schema}}.{{table_recurring}}
+WHERE id = $1 AND claimed_by IS NOT NULL AND right(claimed_by, length($2) + 1) = '#' || $2
+FOR UPDATE
+
+-- name: park_recurring
+UPDATE {{schema}}.{{table_recurring}} SET
+    claimed_by = NULL,
+    claim_expires_at = NULL,
+    next_run_at = $2,
+    last_run_at = coalesce($3, last_run_at),
+    last_job_id = coalesce($4, last_job_id)
+WHERE id = $1
+
+-- name: delete_expired
+WITH t AS (
+    SELECT coalesce($1::timestamptz, now()) AS at
+), c AS (
+    SELECT j.id FROM {{schema}}.{{table}} j, t
+    WHERE j.state IN ('succeeded', 'failed', 'deleted') AND j.expires_at <= t.at
+    ORDER BY j.expires_at
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+), d AS (
+    DELETE FROM {{schema}}.{{table}} AS j USING c WHERE j.id = c.id RETURNING 1
+)
+SELECT count(*) FROM d
+
+-- name: prune_dedup
+DELETE FROM {{schema}}.{{table_dedup}}
+WHERE created_at < coalesce($2::timestamptz, now()) - $1::float8 * interval '1 second'
+
+-- name: prune_stats
+DELETE FROM {{schema}}.{{table_minute_stats}}
+WHERE minute < to_timestamp(
+    floor((extract(epoch FROM coalesce($2::timestamptz, now())) - $1::float8) / 60) * 60)
+
+-- name: heartbeat_server
+INSERT INTO {{schema}}.{{table_servers}} AS s (id, hostname, pid, queues, worker_count, busy,
+    version, started_at, heartbeat_at, current_jobs)
+VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8::timestamptz, now()), now(), $9)
+ON CONFLICT (id) DO UPDATE SET
+    hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+    worker_count = EXCLUDED.worker_count, busy = EXCLUDED.busy, version = EXCLUDED.version,
+    started_at = coalesce($8::timestamptz, s.started_at),
+    heartbeat_at = now(), current_jobs = EXCLUDED.current_jobs
+
+-- name: remove_server
+DELETE FROM {{schema}}.{{table_servers}} WHERE id = $1
+
+-- name: list_servers
+SELECT * FROM {{schema}}.{{table_servers}} ORDER BY id
+
+-- name: prune_servers
+WITH d AS (
+    DELETE FROM {{schema}}.{{table_servers}}
+    WHERE heartbeat_at < coalesce($2::timestamptz, now()) - $1::float8 * interval '1 second'
+    RETURNING 1
+)
+SELECT count(*) FROM d
+
+-- name: schema_status
+-- $1 schema name, $2 job table name, $3 version table name (plain values).
+SELECT current_setting('synchronous_commit') AS synchronous_commit,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = $2) AS has_table,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = $3) AS has_versions
+
+-- name: applied_versions
+SELECT version FROM {{schema}}.{{table_migrations}} ORDER BY version

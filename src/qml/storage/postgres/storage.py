@@ -1,0 +1,627 @@
+"""``PostgresStorage``: the Storage contract on PostgreSQL through asyncpg.
+
+Each hot-path operation is one statement, one round trip, for a whole batch:
+claims are ``FOR UPDATE SKIP LOCKED`` with the lease token and deadline taken
+from the database; outcomes, lease renewals, recoveries and transitions are
+``UPDATE … FROM unnest(…)`` guarded row by row (token and state). Counts per
+queue and state and the NOTIFY wake-up are kept by triggers, outcomes per
+minute by the statements that finish jobs, each in the same transaction as
+the change. The SQL lives in ``queries.sql`` and ``install.sql`` beside this
+module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from asyncpg import exceptions as pg
+
+from ...clock import ensure_aware, from_epoch
+from ...errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    StorageError,
+)
+from ...job import Job, JobState
+from ...states import WORKER_CRASHED
+from ..base import (
+    CAP_DURABLE,
+    CAP_MULTI_PROCESS,
+    CAP_STORAGE_CLOCK,
+    CAP_TRANSACTIONAL_ENQUEUE,
+    Storage,
+)
+from ..requests import (
+    ClaimRequest,
+    HeartbeatReply,
+    JobQuery,
+    Lease,
+    MinuteStat,
+    Outcome,
+    Page,
+    RecoverRequest,
+    RecurringClaim,
+    RecurringTemplate,
+    ServerInfo,
+    Transition,
+)
+from .config import PostgresConfig, mask_password
+from .driver import Conn, call_with_retry, translate
+from .listener import Listener, Waiters
+from .migrate import Migrator, SchemaStatus
+from .rows import (
+    enqueue_params,
+    finish_params,
+    list_jobs_sql,
+    recurring_params,
+    row_to_job,
+    row_to_recurring,
+    row_to_server,
+    server_params,
+)
+from .sql import Names, latest_version, named_queries
+
+logger = logging.getLogger("qml.storage.postgres")
+
+T = TypeVar("T")
+_COMPACT_EVERY = 1.0  # seconds between count compactions by one storage instance
+
+
+class PostgresStorage(Storage):
+    """Jobs in PostgreSQL, shared by any number of servers on any number of hosts.
+
+    ``await storage.open()`` (or ``async with storage``) creates the pool,
+    installs or upgrades the schema when ``config.auto_migrate`` is set and
+    starts the LISTEN connection. Operations open the storage lazily.
+    """
+
+    backend_name = "postgres"
+    capabilities = frozenset(
+        {CAP_DURABLE, CAP_MULTI_PROCESS, CAP_TRANSACTIONAL_ENQUEUE, CAP_STORAGE_CLOCK}
+    )
+
+    def __init__(self, config: PostgresConfig | str | None = None, **kwargs: Any) -> None:
+        """``config``: a :class:`PostgresConfig`, a ``postgresql://`` URL, or None
+        for :meth:`PostgresConfig.from_env`. ``kwargs`` go to :class:`Storage`."""
+        super().__init__(**kwargs)
+        if isinstance(config, str):
+            config = PostgresConfig.from_url(config)
+        self.config = config if config is not None else PostgresConfig.from_env()
+        self.names = Names(self.config.schema_name, self.config.table_name)
+        self._q = {k: self.names.render(v) for k, v in named_queries().items()}
+        self._migrator = Migrator(self.names)
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._listener: Listener | None = None
+        self._waiters = Waiters()
+        self._own_pids: set[int] = set()
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+        self._ready = False
+        self._last_compact = 0.0
+        self.synchronous_commit: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresStorage({mask_password(self.config.database_url)!r}, "
+            f"schema={self.names.schema!r}, table={self.names.table!r})"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Connect, log the durability setting, install or upgrade the schema when
+        ``auto_migrate`` is set and it is not current, and start listening for
+        wake-ups. Idempotent; operations call it themselves when needed."""
+        if self._ready:
+            return
+        if self._closed:
+            raise StorageError("this PostgresStorage is closed")
+        async with self._open_lock:
+            await self._open_once()
+
+    async def _open_once(self) -> None:
+        if self._ready:  # another task opened it while we waited for the lock
+            return
+        pool = await self._create_pool()
+        listener = Listener(self._connect_listener, self.names.channel, self._own_pids, self._wake)
+        self._pool, self._listener = pool, listener
+        try:
+            await listener.start()
+            status = await self._call(pool, self._migrator.status, "open", idempotent=True)
+            self._log_open(status)
+            if not status.up_to_date and self.config.auto_migrate:
+                await self._call(pool, self._migrator.migrate, "migrate")
+            if not await listener.wait_connected(self.config.connect_timeout):
+                logger.warning(
+                    "LISTEN connection not ready; idle servers poll until it is",
+                    extra={"action": "listen_failed", "channel": self.names.channel},
+                )
+        except BaseException:
+            self._pool = self._listener = None
+            await listener.stop()
+            try:
+                await asyncio.wait_for(pool.close(), self.config.connect_timeout)
+            except (Exception, asyncio.CancelledError):
+                pool.terminate()
+            raise
+        self._ready = True
+
+    async def _create_pool(self) -> asyncpg.Pool[Any]:
+        cfg = self.config
+        try:
+            return await asyncpg.create_pool(
+                cfg.database_url,
+                min_size=cfg.min_connections,
+                max_size=cfg.max_connections,
+                timeout=cfg.connect_timeout,
+                command_timeout=cfg.command_timeout,
+                server_settings=_SERVER_SETTINGS,
+                init=self._init_connection,
+                reset=_keep_session,
+            )
+        except Exception as exc:
+            raise (translate(exc, "connect") or StorageError(str(exc))) from exc
+
+    def _log_open(self, status: SchemaStatus) -> None:
+        self.synchronous_commit = status.synchronous_commit
+        durable = status.synchronous_commit in ("on", "remote_apply", "remote_write", "local")
+        logger.log(
+            logging.INFO if durable else logging.WARNING,
+            "PostgreSQL storage open: schema %s version %s, synchronous_commit=%s%s",
+            self.names.schema,
+            status.current or "(none)",
+            status.synchronous_commit,
+            "" if durable else " (a crash may lose acknowledged writes)",
+            extra={
+                "action": "storage_open",
+                "backend": "postgres",
+                "synchronous_commit": status.synchronous_commit,
+                "schema": self.names.schema,
+                "table": self.names.table,
+                "schema_version": status.current,
+            },
+        )
+        if not status.up_to_date and not self.config.auto_migrate:
+            logger.warning(
+                "schema %s is not at version %d and auto_migrate is off: call migrate()",
+                self.names.schema,
+                latest_version(),
+                extra={"action": "schema_outdated", "schema": self.names.schema},
+            )
+
+    async def _init_connection(self, conn: Conn) -> None:
+        pid = conn.get_server_pid()
+        self._own_pids.add(pid)
+        conn.add_termination_listener(lambda _c: self._own_pids.discard(pid))
+
+    async def _connect_listener(self) -> asyncpg.Connection[Any]:
+        return await asyncpg.connect(
+            self.config.database_url,
+            timeout=self.config.connect_timeout,
+            command_timeout=self.config.command_timeout,
+            server_settings=_SERVER_SETTINGS,
+        )
+
+    async def close(self) -> None:
+        """Stop listening and close the pool. Idempotent; a closed storage cannot
+        be reopened (make a new one)."""
+        self._closed = True
+        self._ready = False
+        listener, pool = self._listener, self._pool
+        self._listener = self._pool = None
+        if listener is not None:
+            await listener.stop()
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self.config.command_timeout)
+            except (Exception, asyncio.CancelledError):
+                pool.terminate()
+                raise
+
+    # ------------------------------------------------------------------ schema
+    async def migrate(self) -> list[int]:
+        """Install or upgrade the schema; return the migration versions applied
+        (empty when it was current). Safe to run from many processes at once."""
+        return await self._run(self._migrator.migrate, action="migrate")
+
+    async def schema_status(self) -> SchemaStatus:
+        """Whether the schema is installed, and its applied migration versions."""
+        return await self._run(self._migrator.status, action="schema_status", idempotent=True)
+
+    async def schema_exists(self) -> bool:
+        """Whether the job table and its version table exist."""
+        status = await self.schema_status()
+        return status.installed and bool(status.versions)
+
+    async def migrate_if_needed(self) -> bool:
+        """Migrate only when the schema is missing or older than this qml;
+        return whether anything was applied."""
+        if (await self.schema_status()).up_to_date:
+            return False
+        return bool(await self.migrate())
+
+    @staticmethod
+    def schema_version() -> int:
+        """The schema version this qml installs (the latest migration)."""
+        return latest_version()
+
+    async def get_job_count(self, queue: str) -> int:
+        """Number of jobs in ``queue``, all states (from the counters)."""
+        return int(await self._fetchval("job_count", queue))
+
+    # ------------------------------------------------------------------ plumbing
+    async def _run(
+        self,
+        fn: Callable[[Conn], Awaitable[T]],
+        *,
+        action: str,
+        idempotent: bool = False,
+        resume: Callable[[Conn], Awaitable[T]] | None = None,
+    ) -> T:
+        """Run ``fn`` on a pooled connection of the opened storage (see :meth:`_call`)."""
+        if not self._ready:
+            await self.open()
+        pool = self._pool
+        if pool is None:
+            raise StorageError("this PostgresStorage is closed")
+        return await self._call(pool, fn, action, idempotent=idempotent, resume=resume)
+
+    async def _call(
+        self,
+        pool: asyncpg.Pool[Any],
+        fn: Callable[[Conn], Awaitable[T]],
+        action: str,
+        *,
+        idempotent: bool = False,
+        resume: Callable[[Conn], Awaitable[T]] | None = None,
+    ) -> T:
+        return await call_with_retry(
+            pool,
+            fn,
+            action,
+            acquire_timeout=self.config.connect_timeout,
+            idempotent=idempotent,
+            resume=resume,
+        )
+
+    async def _fetch(self, name: str, *args: Any, idempotent: bool = True) -> list[Any]:
+        sql, params = self._q[name], _utc_args(args)
+        return await self._run(lambda c: c.fetch(sql, *params), action=name, idempotent=idempotent)
+
+    async def _fetchval(self, name: str, *args: Any, idempotent: bool = True) -> Any:
+        sql, params = self._q[name], _utc_args(args)
+        return await self._run(
+            lambda c: c.fetchval(sql, *params), action=name, idempotent=idempotent
+        )
+
+    async def _execute(self, name: str, *args: Any, idempotent: bool = True) -> str:
+        sql, params = self._q[name], _utc_args(args)
+        return await self._run(
+            lambda c: c.execute(sql, *params), action=name, idempotent=idempotent
+        )
+
+    def _wake(self) -> None:
+        """Wake this process's waiters now (our own NOTIFYs are ignored)."""
+        self._waiters.wake_all()
+
+    async def _maybe_compact(self) -> None:
+        """Fold count deltas into the counts (at most every second per instance;
+        best effort: a failure only leaves more deltas for the next time)."""
+        now = time.monotonic()
+        if now - self._last_compact < _COMPACT_EVERY:
+            return
+        self._last_compact = now
+        try:
+            await self._execute("compact_counts", self.names.lock_key("compact"))
+        except StorageError as exc:
+            logger.warning("count compaction failed: %s", exc, extra={"action": "compact_failed"})
+
+    # ------------------------------------------------------------------ enqueue
+    async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
+        params = enqueue_params(jobs, payloads)
+        sql = self._q["enqueue"]
+
+        async def insert(conn: Conn) -> None:
+            try:
+                async with conn.transaction():  # a savepoint inside the caller's transaction
+                    await conn.execute(sql, *params)
+            except pg.UniqueViolationError as exc:
+                raise self._duplicate(exc) from exc
+
+        if connection is None:
+            await self._run(insert, action="enqueue")
+            self._wake()
+        else:
+            if not isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+                raise ConfigurationError(
+                    "connection must be an asyncpg connection (or pool connection)"
+                )
+            if not self._ready:
+                await self.open()  # installs the schema if auto_migrate
+            try:
+                await insert(connection)
+            except Exception as exc:
+                err = translate(exc, "enqueue")
+                if err is None:
+                    raise
+                raise err from exc
+        return [j.id for j in jobs]
+
+    def _duplicate(self, exc: pg.UniqueViolationError) -> DuplicateJobError:
+        if (exc.constraint_name or "").startswith(self.names.table + "_dedup"):
+            return DuplicateJobError("a job with this dedup_key already exists")
+        return DuplicateJobError("a job with this id already exists")
+
+    # ------------------------------------------------------------------ claim & finish
+    async def _claim(self, request: ClaimRequest) -> list[Lease]:
+        queues = list(dict.fromkeys(request.queues))
+        rows = await self._fetch(
+            "claim",
+            request.server_id,
+            queues,
+            request.limit,
+            request.now,
+            float(request.lease_seconds),
+            idempotent=False,
+        )
+        rows = sorted(rows, key=lambda r: r["rn"])
+        out = []
+        for row in rows:
+            job = row_to_job(row)
+            assert job.lease_token is not None and job.lease_expires_at is not None
+            out.append(Lease(job, job.lease_token, job.lease_expires_at))
+        return out
+
+    async def _finish(self, outcomes: Sequence[Outcome], now: datetime | None) -> list[bool]:
+        # The same (job, token) twice: only the first can apply, as in memory.
+        first: dict[tuple[str, str], int] = {}
+        for i, o in enumerate(outcomes):
+            first.setdefault((o.job_id, o.token), i)
+        unique = [outcomes[i] for i in sorted(first.values())]
+        params = finish_params(unique)
+        at = ensure_aware(now) if now is not None else None
+        sql, check = self._q["finish"], self._q["finish_applied"]
+
+        async def apply(conn: Conn, subset: list[int]) -> dict[int, str]:
+            if not subset:
+                return {}
+            rows = await conn.fetch(sql, *[[col[i] for i in subset] for col in params], at)
+            return {subset[r["ord"] - 1]: r["target"] for r in rows}
+
+        async def once(conn: Conn) -> dict[int, str]:
+            return await apply(conn, list(range(len(unique))))
+
+        async def after_loss(conn: Conn) -> dict[int, str]:
+            # The lost statement may have committed: keep what landed, redo the rest.
+            rows = await conn.fetch(check, params[0], params[1])
+            landed = {r["ord"] - 1 for r in rows}
+            done = {i: unique[i].target_state.value for i in landed}
+            done.update(await apply(conn, [i for i in range(len(unique)) if i not in landed]))
+            return done
+
+        applied = await self._run(once, action="finish", resume=after_loss)
+        if any(t == JobState.ENQUEUED.value for t in applied.values()):
+            self._wake()
+        index = {(o.job_id, o.token): i for i, o in enumerate(unique)}
+        return [
+            first[(o.job_id, o.token)] == pos and index[(o.job_id, o.token)] in applied
+            for pos, o in enumerate(outcomes)
+        ]
+
+    async def _extend_leases(
+        self, leases: Sequence[tuple[str, str]], lease_seconds: float, now: datetime | None
+    ) -> list[HeartbeatReply]:
+        pairs = list(dict.fromkeys(leases))
+        rows = await self._fetch(
+            "extend_leases", [p[0] for p in pairs], [p[1] for p in pairs], float(lease_seconds), now
+        )
+        got = {
+            pairs[r["ord"] - 1]: HeartbeatReply(True, r["cancel_requested"], r["lease_expires_at"])
+            for r in rows
+        }
+        return [got.get((job_id, token), HeartbeatReply(False)) for job_id, token in leases]
+
+    async def _recover_expired(self, request: RecoverRequest) -> list[str]:
+        rows = await self._fetch(
+            "recover_expired",
+            request.now,
+            request.limit,
+            request.max_crashes,
+            float(request.crash_backoff),
+            WORKER_CRASHED,
+            float(request.failed_ttl),
+        )
+        if rows:
+            self._wake()
+        return [r["id"] for r in rows]
+
+    async def _activate_due(self, now: datetime | None, limit: int) -> int:
+        n = int(await self._fetchval("activate_due", now, limit))
+        if n:
+            self._wake()
+        await self._maybe_compact()
+        return n
+
+    async def _transition_many(
+        self, job_ids: list[str], t: Transition, now: datetime | None
+    ) -> list[str]:
+        rows = await self._fetch(
+            "transition_many",
+            job_ids,
+            t.to.value,
+            [s.value for s in t.from_states],
+            t.reason,
+            t.ttl,
+            t.reset_attempts,
+            t.run_at,
+            now,
+            idempotent=False,
+        )
+        moved = sorted(r["ord"] for r in rows)
+        if moved and t.to is JobState.ENQUEUED:
+            self._wake()
+        return [job_ids[i - 1] for i in moved]
+
+    async def _request_cancel(self, job_id: str) -> bool:
+        return await self._fetchval("request_cancel", job_id) is not None
+
+    # ------------------------------------------------------------------ reads
+    async def _get(self, job_id: str) -> Job | None:
+        rows = await self._fetch("get_job", job_id)
+        return row_to_job(rows[0]) if rows else None
+
+    async def _list_jobs(self, query: JobQuery) -> Page:
+        sql, args = list_jobs_sql(self._q["list_jobs"], query)
+        rows = await self._run(lambda c: c.fetch(sql, *args), action="list_jobs", idempotent=True)
+        items = [row_to_job(r) for r in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return Page(items, items[-1].id if more and items else None)
+
+    async def _counts(self) -> dict[tuple[str, JobState], int]:
+        await self._maybe_compact()
+        rows = await self._fetch("counts")
+        return {(r["queue"], JobState(r["state"])): int(r["n"]) for r in rows}
+
+    async def _history(self, minutes: int, now: datetime | None) -> list[MinuteStat]:
+        rows = await self._fetch("history", minutes, now)
+        return [
+            MinuteStat(from_epoch(r["m"] * 60.0), int(r["succeeded"]), int(r["failed"]))
+            for r in rows
+        ]
+
+    async def _oldest_enqueued(self, queues: list[str]) -> dict[str, datetime]:
+        rows = await self._fetch("oldest_enqueued", queues)
+        return {r["queue"]: r["oldest"] for r in rows}
+
+    # ------------------------------------------------------------------ queues
+    async def _set_queue_paused(self, queue: str, paused: bool) -> None:
+        await self._execute("pause_queue" if paused else "resume_queue", queue)
+        if not paused:
+            self._wake()
+
+    async def _paused_queues(self) -> set[str]:
+        return {r["queue"] for r in await self._fetch("paused_queues")}
+
+    # ------------------------------------------------------------------ recurring
+    async def _upsert_recurring(self, template: RecurringTemplate) -> None:
+        await self._execute("upsert_recurring", *recurring_params(template))
+
+    async def _get_recurring(self, template_id: str) -> RecurringTemplate | None:
+        rows = await self._fetch("get_recurring", template_id)
+        return row_to_recurring(rows[0]) if rows else None
+
+    async def _list_recurring(self) -> list[RecurringTemplate]:
+        return [row_to_recurring(r) for r in await self._fetch("list_recurring")]
+
+    async def _remove_recurring(self, template_id: str) -> bool:
+        return await self._fetchval("remove_recurring", template_id, idempotent=False) is not None
+
+    async def _set_recurring_paused(self, template_id: str, paused: bool) -> bool:
+        return await self._fetchval("set_recurring_paused", template_id, paused) is not None
+
+    async def _claim_due_recurring(
+        self, server_id: str, limit: int, claim_seconds: float, now: datetime | None
+    ) -> list[RecurringClaim]:
+        rows = await self._fetch(
+            "claim_due_recurring", server_id, limit, float(claim_seconds), now, idempotent=False
+        )
+        out = []
+        for row in sorted(rows, key=lambda r: r["id"]):
+            token = row["claimed_by"].rsplit("#", 1)[1]
+            out.append(RecurringClaim(row_to_recurring(row), token, row["claimed_at"]))
+        return out
+
+    async def _park_recurring(
+        self,
+        claim: RecurringClaim,
+        next_run_at: datetime | None,
+        last_run_at: datetime | None,
+        jobs: list[Job],
+        payloads: list[bytes],
+    ) -> bool:
+        q = self._q
+        params = enqueue_params(jobs, payloads, stamped=True)
+
+        async def park(conn: Conn) -> bool:
+            async with conn.transaction():
+                held = await conn.fetchval(
+                    q["lock_recurring_claim"], claim.template.id, claim.token
+                )
+                if held is None:
+                    return False
+                inserted: set[str] = set()
+                if jobs:
+                    rows = await conn.fetch(q["enqueue_skip_used"], *params)
+                    inserted = {r["id"] for r in rows}
+                last = next((j.id for j in reversed(jobs) if j.id in inserted), None)
+                await conn.execute(
+                    q["park_recurring"],
+                    claim.template.id,
+                    *_utc_args((next_run_at, last_run_at)),
+                    last,
+                )
+                return True
+
+        parked = await self._run(park, action="park_recurring")
+        if parked and jobs:
+            self._wake()
+        return parked
+
+    # ------------------------------------------------------------------ cleanup
+    async def _delete_expired(self, limit: int, now: datetime | None) -> int:
+        n = int(await self._fetchval("delete_expired", now, limit))
+        await self._maybe_compact()
+        return n
+
+    async def _prune(
+        self, dedup_older_than: float, stats_older_than: float, now: datetime | None
+    ) -> None:
+        await self._execute("prune_dedup", float(dedup_older_than), now)
+        await self._execute("prune_stats", float(stats_older_than), now)
+
+    # ------------------------------------------------------------------ servers
+    async def _heartbeat_server(self, info: ServerInfo) -> None:
+        await self._execute("heartbeat_server", *server_params(info))
+
+    async def _remove_server(self, server_id: str) -> None:
+        await self._execute("remove_server", server_id)
+
+    async def _list_servers(self) -> list[ServerInfo]:
+        return [row_to_server(r) for r in await self._fetch("list_servers")]
+
+    async def _prune_servers(self, dead_after: float, now: datetime | None) -> int:
+        return int(await self._fetchval("prune_servers", float(dead_after), now))
+
+    # ------------------------------------------------------------------ wake-up
+    async def _wait_for_work(self, timeout: float) -> bool:
+        if not self._ready:
+            await self.open()
+        return await self._waiters.wait(timeout)
+
+    @property
+    def listener(self) -> Listener | None:
+        """The LISTEN connection's supervisor (None until opened)."""
+        return self._listener
+
+
+def _utc_args(args: Sequence[Any]) -> tuple[Any, ...]:
+    """Naive datetimes mean UTC in qml (asyncpg would read them as local time)."""
+    return tuple(ensure_aware(a) if isinstance(a, datetime) else a for a in args)
+
+
+async def _keep_session(conn: Conn) -> None:
+    """Pool reset hook: qml leaves no session state behind (no SET, LISTEN or
+    session locks), so skip asyncpg's reset query, one round trip per release.
+    asyncpg still rolls back a transaction left open."""
+
+
+#: Settings of every qml connection: UTC for readable timestamps in history
+#: JSON; JIT off, as it only adds latency to short queue statements.
+_SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
+
+__all__ = ["PostgresStorage"]

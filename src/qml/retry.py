@@ -40,7 +40,7 @@ class RetryPolicy:
         try:
             delay = self.base_delay * self.factor ** (n - 1)
         except OverflowError:
-            delay = self.max_delay
+            delay = self.max_delay if self.base_delay else 0.0
         return min(self.max_delay, delay)
 
     def delay(self, retry_number: int, rng: random.Random | None = None) -> float:

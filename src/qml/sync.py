@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import functools
 import inspect
 import threading
@@ -60,6 +62,8 @@ def run(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     except RuntimeError:
         pass
     else:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started: no "never awaited" warning
         raise RuntimeError("qml.sync.run() called from async code: await the coroutine instead")
     loop = _ensure_loop()
 
@@ -67,7 +71,11 @@ def run(awaitable: Awaitable[T], timeout: float | None = None) -> T:
         return await awaitable
 
     fut = asyncio.run_coroutine_threadsafe(wrap(), loop)
-    return fut.result(timeout)
+    try:
+        return fut.result(timeout)
+    except concurrent.futures.TimeoutError:
+        fut.cancel()  # do not leave the operation running in the background
+        raise
 
 
 def shutdown() -> None:
@@ -77,6 +85,17 @@ def shutdown() -> None:
         loop, thread, _loop, _thread = _loop, _thread, None, None
     if loop is None or thread is None:
         return
+
+    async def cancel_pending() -> None:
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await loop.shutdown_asyncgens()
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     if not thread.is_alive():

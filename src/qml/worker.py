@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -38,9 +39,15 @@ from typing import (
 import pydantic
 
 from .clock import ensure_aware, utcnow
-from .errors import ConfigurationError, ValidationError, WorkerNotFoundError
+from .errors import (
+    ConfigurationError,
+    SerializationError,
+    ValidationError,
+    WorkerNotFoundError,
+)
 from .job import Job
 from .retry import RetryPolicy
+from .serialization import dumps
 
 if typing.TYPE_CHECKING:
     from .storage.base import Storage
@@ -284,6 +291,45 @@ class Worker(BaseWorker):
         return self.execute(job, ctx)
 
 
+def _type_adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
+    """A pydantic adapter for ``tp``.
+
+    Before Python 3.12 pydantic refuses ``typing.TypedDict``; such a type is
+    rebuilt as the equivalent ``typing_extensions.TypedDict``.
+    """
+    try:
+        return pydantic.TypeAdapter(tp)
+    except pydantic.PydanticUserError as exc:
+        if exc.code != "typed-dict-version":
+            raise ConfigurationError(f"cannot validate arguments of type {tp!r}: {exc}") from exc
+    try:
+        return pydantic.TypeAdapter(_portable_typeddict(tp))
+    except pydantic.PydanticUserError as exc:
+        raise ConfigurationError(
+            f"cannot validate arguments of type {tp!r}: {exc} (nested TypedDicts inside"
+            " containers need typing_extensions.TypedDict before Python 3.12)"
+        ) from exc
+
+
+def _portable_typeddict(tp: Any) -> Any:
+    """``tp`` rebuilt as a ``typing_extensions.TypedDict`` (same keys, types and
+    required keys) when it is a TypedDict, with TypedDict fields rebuilt too."""
+    if not typing.is_typeddict(tp):
+        return tp
+    import typing_extensions
+
+    fields: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(tp, include_extras=True).items():
+        wrapper: Any = typing.get_origin(hint)
+        if wrapper is typing.Required or wrapper is typing.NotRequired:
+            (hint,) = typing.get_args(hint)
+        else:
+            wrapper = typing.Required if name in tp.__required_keys__ else typing.NotRequired
+        fields[name] = wrapper[_portable_typeddict(hint)]
+    factory: Any = typing_extensions.TypedDict
+    return factory(tp.__name__, fields)
+
+
 class TypedWorker(BaseWorker, Generic[T]):
     """A worker whose arguments are a typed value ``T`` (dataclass, pydantic
     model or TypedDict), validated with pydantic on enqueue and on run."""
@@ -297,7 +343,7 @@ class TypedWorker(BaseWorker, Generic[T]):
             if origin is TypedWorker:
                 (arg,) = get_args(base)
                 if not isinstance(arg, TypeVar):
-                    cls._adapter = pydantic.TypeAdapter(arg)
+                    cls._adapter = _type_adapter(arg)
 
     @property
     def adapter(self) -> pydantic.TypeAdapter[Any]:
@@ -358,14 +404,14 @@ class FunctionWorker(BaseWorker):
         self.retry_policy = retry_policy  # type: ignore[misc]
         self.timeout = timeout  # type: ignore[misc]
         self.signature = inspect.signature(fn)
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:
-            hints = {}
+        hints = _type_hints(fn, self.signature)
         self.ctx_param: str | None = None
+        self._untyped: list[str] = []
         fields: dict[str, Any] = {}
         for name, param in self.signature.parameters.items():
             ann = hints.get(name, Any)
+            if ann is Any:
+                self._untyped.append(name)
             if ann is WorkerContext:
                 self.ctx_param = name
                 continue
@@ -401,6 +447,16 @@ class FunctionWorker(BaseWorker):
             raise ValidationError(
                 f"arguments for {self.method_name} must be an object of keyword arguments"
             )
+        for name in self._untyped:
+            # pydantic's JSON mode would quietly turn a set into a list, bytes
+            # into text...: an untyped argument must already be JSON.
+            if name in args:
+                try:
+                    dumps(args[name])
+                except SerializationError as exc:
+                    raise SerializationError(
+                        f"argument {name!r} of {self.method_name}: {exc}"
+                    ) from exc
         try:
             return self.model.model_validate(args).model_dump(mode="json")
         except pydantic.ValidationError as exc:
@@ -426,6 +482,37 @@ class FunctionWorker(BaseWorker):
         if self.ctx_param is not None:
             kwargs[self.ctx_param] = ctx
         return self.fn(**kwargs)
+
+
+def _type_hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    """The parameter annotations of ``fn``, resolved one by one.
+
+    ``typing.get_type_hints`` gives up on the whole function when one string
+    annotation cannot be resolved (a type local to the defining function);
+    then only that parameter is left unvalidated, and the context parameter
+    is still found by name. ``Annotated`` constraints are kept for pydantic.
+    """
+    with contextlib.suppress(Exception):
+        return typing.get_type_hints(fn, include_extras=True)
+    globalns = getattr(fn, "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        ann = param.annotation
+        if ann is param.empty:
+            continue
+        if isinstance(ann, str):
+
+            def probe() -> None: ...
+
+            probe.__annotations__ = {name: ann}
+            try:
+                ann = typing.get_type_hints(probe, globalns, include_extras=True)[name]
+            except Exception:
+                if ann.rsplit(".", 1)[-1] != "WorkerContext":
+                    continue
+                ann = WorkerContext
+        hints[name] = ann
+    return hints
 
 
 class JobFunction(Generic[P, R]):

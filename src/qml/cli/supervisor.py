@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,10 @@ import time
 from types import FrameType
 
 log = logging.getLogger("qml.supervisor")
+
+#: Set in each child: the supervisor's pid, so a child whose supervisor died
+#: (even by SIGKILL) notices it has been orphaned and stops gracefully.
+SUPERVISOR_ENV = "QML_SUPERVISOR_PID"
 
 
 def _child_argv(argv: list[str], index: int, base_name: str) -> list[str]:
@@ -45,7 +50,8 @@ class Supervisor:
 
     def spawn(self, index: int) -> None:
         cmd = [sys.executable, "-m", "qml", *_child_argv(self.argv, index, self.base_name)]
-        self.children[index] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        self.children[index] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
         log.info("started worker process %d (pid %d)", index, self.children[index].pid)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:

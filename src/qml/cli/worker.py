@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -24,6 +26,19 @@ def setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+async def _watch_supervisor(on_signal: Callable[[int], None]) -> None:
+    """In a supervised child: stop gracefully once the supervisor is gone."""
+    from .supervisor import SUPERVISOR_ENV
+
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected:
+        return
+    while os.getppid() == int(expected):
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %s is gone; stopping", expected)
+    on_signal(signal.SIGTERM)
 
 
 @click.command("worker")
@@ -181,11 +196,17 @@ def worker_cmd(
             ",".join(queue_list),
             " (burst)" if burst else "",
         )
+        watchdog = asyncio.create_task(_watch_supervisor(on_signal))
         try:
             await server.run()
             for t in stop_tasks:
                 await t
+            watchdog.cancel()
         finally:
             await storage.close()
 
     run(body)
+    # The server has stopped cleanly; a late second signal must not turn exit 0 into
+    # death by signal while the interpreter shuts down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

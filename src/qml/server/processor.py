@@ -42,8 +42,13 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type(exc).__name__, message[:4000], text[-32000:])
 
 
-def _call_sync(worker: BaseWorker, job: Job, ctx: WorkerContext) -> Any:
-    return worker.invoke(job, ctx)
+def _call_sync(worker: BaseWorker, job: Job, ctx: WorkerContext) -> tuple[bool, Any]:
+    # The job's exceptions come back as values, so its own TimeoutError (a
+    # socket timeout) or CancelledError is never taken for the server's.
+    try:
+        return (True, worker.invoke(job, ctx))
+    except BaseException as exc:
+        return (False, exc)
 
 
 async def _call_async(worker: BaseWorker, job: Job, ctx: WorkerContext) -> Any:
@@ -51,8 +56,11 @@ async def _call_async(worker: BaseWorker, job: Job, ctx: WorkerContext) -> Any:
     # job is caught here and never escapes into the event loop.
     try:
         return (True, await worker.invoke(job, ctx))
-    except asyncio.CancelledError:
-        raise
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return (False, exc)  # raised by the job itself: nobody cancelled the attempt
     except BaseException as exc:
         return (False, exc)
 
@@ -91,7 +99,8 @@ class JobProcessor:
     def unknown_method(self, lease: Lease, now: datetime | None = None) -> Outcome:
         """Release a job nobody here can run, with backoff, until the window passes."""
         job = lease.job
-        age = ((now or utcnow()) - job.created_at).total_seconds()
+        # Both times come from the storage's clock (the claim stamped started_at).
+        age = ((now or job.started_at or utcnow()) - job.created_at).total_seconds()
         if age > self.config.unknown_method_window:
             return self._fail(lease, WorkerNotFoundError(job.method), reason="unknown_method")
         delay = min(60.0, max(1.0, age / 10))
@@ -147,20 +156,26 @@ class JobProcessor:
         try:
             if worker.is_async:
                 ok, value = await asyncio.wait_for(_call_async(worker, job, ctx), timeout)
-                if not ok:
-                    return self.from_exception(lease, policy, value, ctx)
             else:
                 fut = self.pool.submit(_call_sync, worker, job, ctx)
                 try:
-                    value = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+                    ok, value = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
                 except TimeoutError:
                     ctx.cancelled.set("timeout")
                     raise
+            if not ok:
+                return self.from_exception(lease, policy, value, ctx)
         except TimeoutError:
             err = ErrorInfo("TimeoutError", f"job exceeded its timeout of {timeout} s")
             return self._retry_or_fail(lease, policy, err, reason="timeout")
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                # Nobody cancelled this attempt: an ordinary failure, not a
+                # shutdown release that would run it again without counting.
+                return self.from_exception(lease, policy, exc, ctx)
             if ctx.cancelled.reason == "cancelled":
+                task.uncancel()  # the cancellation is consumed: the job ends Failed
                 return self._fail(lease, JobCancelledError("job was cancelled"), reason="cancelled")
             raise
         except BaseException as exc:

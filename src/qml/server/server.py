@@ -43,6 +43,7 @@ class Slot:
     deadline: float  # local monotonic time the lease is known to hold until
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    finishing: bool = False  # its outcome is being written
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -81,7 +82,9 @@ class BackgroundJobServer:
         self._stop_event = asyncio.Event()
         self._force = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._start_done = asyncio.Event()
         self._stopping = False
+        self._closing = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[PeriodicService] = []
@@ -107,7 +110,12 @@ class BackgroundJobServer:
         if self._started:
             return
         self._started = True
-        await self.storage.open()
+        try:
+            await self.storage.open()
+        except BaseException:
+            self._started = False  # nothing runs: stop() has nothing to do
+            self._start_done.set()
+            raise
         cfg = self.config
         if cfg.enable_scheduler:
             self._services.append(Scheduler(self.storage, cfg))
@@ -125,6 +133,7 @@ class BackgroundJobServer:
             asyncio.create_task(self._flush_loop(), name="qml-flush"),
             asyncio.create_task(self._heartbeat_loop(), name="qml-heartbeat"),
         ]
+        self._start_done.set()
         log.info(
             "server %s started: %d slots, queues %s, storage %s",
             self.name,
@@ -165,13 +174,13 @@ class BackgroundJobServer:
             return
         self._stopping = True
         self._stop_event.set()
-        if not self._started:
+        if self._started and not self._start_done.is_set():
+            await self._start_done.wait()  # stop() raced a start() still opening storage
+        if not self._started or not self._tasks:
             self._stopped.set()
             return
-        fetch = self._tasks[0]
-        fetch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetch
+        self._slot_freed.set()  # wakes a fetch loop waiting for a free slot
+        await self._stop_fetching(self._tasks[0])
         running = [s.task for s in self._running if s.task is not None]
         if running and not self._force.is_set():
             log.info(
@@ -190,8 +199,9 @@ class BackgroundJobServer:
             all_done.cancel()  # cancels only the waiting, not the jobs
             force_wait.cancel()
         await self._release_remaining()
+        await self._stop_flushing(self._tasks[1])
         await self._drain_outcomes()
-        for task in self._tasks[1:]:
+        for task in self._tasks[2:]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -202,6 +212,37 @@ class BackgroundJobServer:
         self.pool.shutdown()
         self._stopped.set()
         log.info("server %s stopped", self.name, extra={"action": "server_stop"})
+
+    async def _stop_fetching(self, fetch: asyncio.Task[None]) -> None:
+        """Let the fetch loop end by itself: cancelling it while a claim is on the
+        wire would drop jobs the storage already gave this server. Cancel only if
+        the storage does not answer in time."""
+        done, _ = await asyncio.wait({fetch}, timeout=max(1.0, self.config.shutdown_timeout))
+        if not done:
+            fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+
+    async def _stop_flushing(self, flush: asyncio.Task[None]) -> None:
+        """Let the flush loop record what is pending (and what is on the wire), then end."""
+        self._closing = True
+        self._outcome_ready.set()
+        await asyncio.gather(flush, return_exceptions=True)
+
+    async def _release_unstarted(self, leases: list[Lease]) -> None:
+        """Give back jobs whose claim was answered after stop began, without
+        counting an attempt."""
+        try:
+            await self.storage.finish(
+                [Outcome.release(lease, reason="shutdown") for lease in leases]
+            )
+        except StorageError as exc:
+            log.warning(
+                "could not release %d job(s) claimed during shutdown (%s); they return"
+                " to the queue when their lease expires",
+                len(leases),
+                exc,
+                extra={"action": "shutdown_release_error"},
+            )
 
     async def _release_remaining(self) -> None:
         slots = [s for s in self._running if s.task is not None and not s.task.done()]
@@ -281,16 +322,21 @@ class BackgroundJobServer:
                     ClaimRequest(cfg.server_name, cfg.queues, want, cfg.lease_seconds)
                 )
                 backoff = 0.1
-            except StorageError as exc:
+            except Exception as exc:
                 log.warning(
                     "claim failed (%s); retrying in %.1f s",
                     exc,
                     backoff,
+                    exc_info=not isinstance(exc, StorageError),  # a bug: show where
                     extra={"action": "claim_error"},
                 )
                 await self._sleep(backoff)
                 backoff = min(5.0, backoff * 2)
                 continue
+            if self._stop_event.is_set():  # stop began while the claim was on the wire
+                if leases:
+                    await self._release_unstarted(leases)
+                return
             for lease in leases:
                 self._start_slot(lease)
             if len(leases) < want:
@@ -302,8 +348,18 @@ class BackgroundJobServer:
     async def _burst_finished(self) -> bool:
         if self._running or self._pending:
             return False
+        try:
+            return await self._nothing_ready()
+        except Exception as exc:  # the fetch loop must not die: look again later
+            log.warning(
+                "burst check failed (%s); retrying", exc, extra={"action": "burst_check_error"}
+            )
+            return False
+
+    async def _nothing_ready(self) -> bool:
+        paused = await self.storage.paused_queues()
         for queue in self.config.queues:
-            if await self.storage.count(JobState.ENQUEUED, queue):
+            if queue not in paused and await self.storage.count(JobState.ENQUEUED, queue):
                 return False
         return True
 
@@ -324,8 +380,16 @@ class BackgroundJobServer:
             stop.cancel()
             if not waiter.done():
                 waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StorageError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await waiter
+        if not waiter.cancelled() and waiter.exception() is not None:
+            # No wake-up signal (storage trouble): fall back to polling, not spinning.
+            log.warning(
+                "waiting for work failed (%s); polling",
+                waiter.exception(),
+                extra={"action": "wait_error"},
+            )
+            await self._sleep(self.config.polling_interval)
 
     # ------------------------------------------------------------------ running
     def _start_slot(self, lease: Lease) -> None:
@@ -392,14 +456,24 @@ class BackgroundJobServer:
 
     # ------------------------------------------------------------------ outcomes
     async def _flush_loop(self) -> None:
+        cfg = self.config
         while True:
             await self._outcome_ready.wait()
-            if len(self._pending) < self.config.worker_count and self.config.flush_interval > 0:
-                await asyncio.sleep(self.config.flush_interval)
+            if not self._closing and len(self._pending) < cfg.worker_count and cfg.flush_interval:
+                await asyncio.sleep(cfg.flush_interval)
             self._outcome_ready.clear()
             batch, self._pending = self._pending, []
             if batch:
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                except Exception:
+                    # A storage bug must not stop recording; these jobs are
+                    # recovered when their leases expire.
+                    log.exception("recording %d outcome(s) failed", len(batch))
+                    for _, slot in batch:
+                        self._held.pop(slot.job_id, None)
+            if self._closing and not self._pending:
+                return
 
     async def _drain_outcomes(self) -> None:
         batch, self._pending = self._pending, []
@@ -408,6 +482,8 @@ class BackgroundJobServer:
 
     async def _flush(self, batch: list[tuple[Outcome, Slot]]) -> None:
         """Record outcomes; retried while their leases may still hold."""
+        for _, slot in batch:
+            slot.finishing = True
         delay = 0.05
         while batch:
             try:
@@ -440,7 +516,7 @@ class BackgroundJobServer:
             self._held.pop(slot.job_id, None)
             if ok:
                 self.processed[outcome.kind] += 1
-            else:
+            elif not slot.lost:  # a loss the heartbeat found is counted already
                 self.leases_lost += 1
                 log.warning(
                     "job %s: lease lost before its outcome was recorded; the write was refused",
@@ -459,7 +535,12 @@ class BackgroundJobServer:
             if now - last < interval and not requested:
                 continue
             last = now
-            await self.renew_leases()
+            try:
+                await self.renew_leases()
+            except Exception:
+                # A storage bug must not end renewals: every held job would be
+                # recovered and run twice.
+                log.exception("lease renewal failed", extra={"action": "heartbeat_error"})
 
     async def renew_leases(self) -> None:
         """Extend every held lease in one round trip; act on lost ones and cancellations."""
@@ -479,7 +560,11 @@ class BackgroundJobServer:
             )
             return
         for slot, reply in zip(slots, replies, strict=True):
+            if self._held.get(slot.job_id) is not slot:
+                continue  # its outcome was recorded while the renewal was on the wire
             if not reply.held:
+                if slot.finishing:
+                    continue  # our own outcome may have ended the lease: the write decides
                 self._lose(slot)
             else:
                 slot.deadline = sent + self.config.lease_seconds

@@ -34,6 +34,7 @@ from .storage import MemoryStorage, Storage, StorageInstance
 from .worker import TypedWorker, Worker, WorkerContext, WorkerRegistry, WorkerResult
 
 if TYPE_CHECKING:
+    from .dashboard import DashboardServer as DashboardServer
     from .storage.postgres import PostgresConfig as PostgresConfig
     from .storage.postgres import PostgresStorage as PostgresStorage
     from .storage.redis import RedisConfig as RedisConfig
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .storage.sqlite import SqliteStorage as SqliteStorage
 
 _LAZY = {
+    "DashboardServer": "qml.dashboard",
     "SqliteStorage": "qml.storage.sqlite",
     "RedisStorage": "qml.storage.redis",
     "RedisConfig": "qml.storage.redis",

@@ -78,8 +78,14 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, w
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM (once) and wait; SIGKILL if it does not exit within ``timeout``."""
     if proc.poll() is None:
         proc.terminate()
+    return wait_exit(proc, timeout)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """Wait for an exit already asked for; SIGKILL after ``timeout``."""
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -71,7 +71,10 @@ async def test_four_processes_run_every_job_exactly_once(
         "--burst",
         log=tmp_path / "worker.log",
     )
-    code = proc.wait(480)
+    try:
+        code = proc.wait(480)
+    finally:
+        stop(proc)
     assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
     counts = executions(exec_db)
     assert set(counts) == set(ids), f"lost: {len(set(ids) - set(counts))}"

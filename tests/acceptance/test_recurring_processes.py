@@ -26,7 +26,7 @@ from qml.recurring import schedule_recurring
 from qml.storage.requests import JobQuery, MisfirePolicy
 
 from .backends import backend_urls
-from .helpers import start_worker, stop
+from .helpers import start_worker, stop, wait_exit
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -105,7 +105,7 @@ async def _run_backend(name: str, url: str, tmp_path: Path) -> str | None:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
-            code = await asyncio.to_thread(stop, p, 60)
+            code = await asyncio.to_thread(wait_exit, p, 60)
             if code != 0:
                 return f"{name}: a server exited with {code}"
         jobs = await _all_jobs(storage)

@@ -159,3 +159,15 @@ def test_worker_burst_runs_jobs_and_exits_zero(url: str, tmp_path: Path) -> None
     assert "record" in proc.stderr and "wait" in proc.stderr and "run" in proc.stderr
     stats = json.loads(qml("stats", "--json", url=url, check=True).stdout)
     assert stats["counts"]["succeeded"] == 5
+
+
+def test_bench_reports_every_workload(tmp_path: Path) -> None:
+    out = qml("bench", "--jobs", "300", "--latency", url="memory://", check=True).stdout
+    for label in ("W1 enqueue one-by-one", "W1 enqueue batched", "W2 drain", "W3 enqueue->start"):
+        assert label in out
+    db = tmp_path / "bench.db"
+    out = qml(
+        "bench", "--jobs", "300", "--processes", "2", url=f"sqlite:///{db}", check=True
+    ).stdout
+    assert "2 process(es)" in out
+    assert "W2 drain" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .bench import bench_cmd
 from .dashboard import dashboard_cmd
 from .jobs import enqueue_cmd, jobs_group, stats_cmd
 from .recurring import recurring_group, scheduler_cmd
@@ -25,6 +26,7 @@ cli.add_command(worker_cmd)
 cli.add_command(enqueue_cmd)
 cli.add_command(jobs_group)
 cli.add_command(stats_cmd)
+cli.add_command(bench_cmd)
 cli.add_command(recurring_group)
 cli.add_command(scheduler_cmd)
 cli.add_command(dashboard_cmd)

@@ -174,7 +174,7 @@ async def run_bench(
     tmp = tempfile.mkdtemp(prefix="qml-bench-")
     try:
         result.enqueue_one_rate, result.enqueue_batch_rate = await _enqueue(
-            storage, jobs, min(one_by_one, jobs)
+            storage, jobs, min(one_by_one, jobs // 2)
         )
         record = os.path.join(tmp, "w2.rec")
         os.environ["QML_BENCH_RECORD"] = record

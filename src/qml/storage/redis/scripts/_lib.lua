@@ -1,0 +1,214 @@
+-- _lib.lua: helpers shared by every qml script. scripts.py puts this text in
+-- front of each script before loading it, so a loaded script stands alone.
+--
+-- KEYS[1] is the hash tag {P} of the storage's prefix; the key names K_JOB,
+-- K_READY, ... are Lua locals defined in front of this file by keys.py
+-- (lua_prelude), which documents the layout. Every key shares the tag, so a
+-- script touches one Redis Cluster slot.
+-- Times and durations are integer microseconds; '' stands for "none".
+
+local ENQ, SCH, PRO = 'enqueued', 'scheduled', 'processing'
+local SUC, FAI, RET, DEL = 'succeeded', 'failed', 'awaiting_retry', 'deleted'
+local FINAL = {succeeded = true, failed = true, deleted = true}
+
+-- a number as an integer string (Lua's own tostring keeps only 14 digits)
+local function n2s(x)
+  return string.format('%.0f', x)
+end
+
+-- '' -> nil
+local function opt(s)
+  if s == nil or s == false or s == '' then return nil end
+  return s
+end
+
+-- an explicit time, or the Redis clock
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function jstr(s)
+  if s == nil or s == false or s == '' then return 'null' end
+  return cjson.encode(s)
+end
+
+-- Writes to shared structures are collected and applied by flush() at the end
+-- of a script: a batch costs one ZADD per key instead of one per job. Every
+-- ZREM is applied before every ZADD, which is right because a job changes
+-- state at most once per script (each script checks its job's state first).
+local B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+
+local function push(store, key, a, b)
+  local t = store[key]
+  if not t then
+    t = {}
+    store[key] = t
+  end
+  t[#t + 1] = a
+  if b ~= nil then t[#t + 1] = b end
+end
+
+local function zadd(key, score, member) push(B_ZADD, key, score, member) end
+local function zrem(key, member) push(B_ZREM, key, member) end
+
+-- add delta to the (queue, state) counter
+local function count(queue, state, delta)
+  local f = state .. ':' .. queue
+  B_COUNT[f] = (B_COUNT[f] or 0) + delta
+end
+
+local function each_chunk(t, step, fn)
+  for s = 1, #t, step do fn(unpack(t, s, math.min(s + step - 1, #t))) end
+end
+
+local function flush()
+  for key, t in pairs(B_ZREM) do
+    each_chunk(t, 1000, function(...) redis.call('ZREM', key, ...) end)
+  end
+  for key, t in pairs(B_ZADD) do
+    each_chunk(t, 1000, function(...) redis.call('ZADD', key, ...) end)
+  end
+  for f, d in pairs(B_STAT) do redis.call('HINCRBY', K_STATS, f, d) end
+  for f, d in pairs(B_COUNT) do
+    if d ~= 0 and redis.call('HINCRBY', K_COUNTS, f, d) == 0 then
+      redis.call('HDEL', K_COUNTS, f)
+    end
+  end
+  B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+end
+
+-- a history entry: [state, at, reason, server, attempt]; the history field
+-- holds the entries comma-joined
+local function entry(state, now, reason, server, attempt)
+  return '["' .. state .. '",' .. n2s(now) .. ',' .. jstr(reason) .. ',' ..
+    jstr(server) .. ',' .. n2s(attempt or 0) .. ']'
+end
+
+local function append(history, e)
+  if history then return history .. ',' .. e end
+  return e
+end
+
+-- minute statistics: kind 's' (succeeded) or 'f' (failed)
+local function add_stat(kind, now)
+  local f = kind .. ':' .. n2s(math.floor(now / 60000000))
+  B_STAT[f] = (B_STAT[f] or 0) + 1
+end
+
+-- Signal "work may be ready": a new generation, published only while some
+-- storage waits (a waiter reads the generation as it registers, so nothing
+-- signalled before its registration is missed). Returns the generation.
+local function wake()
+  local g = redis.call('INCR', K_WAKE_GEN)
+  if redis.call('ZCOUNT', K_WAITERS, clock(''), '+inf') > 0 then
+    redis.call('PUBLISH', K_WAKE, g)
+  end
+  return g
+end
+
+-- the member of an Enqueued job in its ready zset (score: -priority)
+local function ready_member(at, id)
+  return string.format('%016.0f', at) .. id
+end
+
+-- What every state change reads from a job hash, in this order.
+local READ = {'state', 'queue', 'priority', 'attempts', 'history', 'enqueued_at',
+  'lease_token', 'server_id', 'crashes', 'run_at', 'cancel'}
+local R_STATE, R_QUEUE, R_PRIO, R_ATTEMPTS, R_HISTORY, R_ENQUEUED = 1, 2, 3, 4, 5, 6
+local R_TOKEN, R_SERVER, R_CRASHES, R_RUN_AT, R_CANCEL = 7, 8, 9, 10, 11
+
+local function read(jk)
+  return redis.call('HMGET', jk, unpack(READ))
+end
+
+-- Move a job read with read() from its state to `new`: the structures its
+-- states keep it in, counters, state index and history; `fields` (field,
+-- value, ...) are written with it in one HSET. `when` is run_at
+-- (Scheduled/AwaitingRetry), the lease deadline (Processing) or expires_at
+-- (final; nil: never expires).
+local function move(jk, id, st, new, now, reason, server, attempt, when, fields)
+  local old, queue = st[R_STATE], st[R_QUEUE]
+  if old == ENQ then
+    if st[R_ENQUEUED] then zrem(K_READY .. queue, ready_member(tonumber(st[R_ENQUEUED]), id)) end
+  elseif old == SCH or old == RET then
+    zrem(K_DUE, id)
+  elseif old == PRO then
+    zrem(K_LEASES, id)
+  else
+    zrem(K_EXPIRY, id)
+  end
+  count(queue, old, -1)
+  count(queue, new, 1)
+  zrem(K_STATE .. old, id)
+  zadd(K_STATE .. new, 0, id)
+  local n = #fields
+  fields[n + 1] = 'state'
+  fields[n + 2] = new
+  fields[n + 3] = 'updated_at'
+  fields[n + 4] = n2s(now)
+  fields[n + 5] = 'history'
+  fields[n + 6] = append(st[R_HISTORY], entry(new, now, reason, server, attempt))
+  if new == ENQ then
+    fields[n + 7] = 'enqueued_at'
+    fields[n + 8] = n2s(now)
+    zadd(K_READY .. queue, -tonumber(st[R_PRIO]), ready_member(now, id))
+  elseif new == SCH or new == RET then
+    zadd(K_DUE, when, id)
+  elseif new == PRO then
+    zadd(K_LEASES, when, id)
+  elseif when then
+    zadd(K_EXPIRY, when, id)
+  end
+  redis.call('HSET', jk, unpack(fields))
+end
+
+-- Read one new job from ARGV starting at position i:
+--   id, queue, priority, run_at|'', dedup_key|'', n, n x (field, value)
+-- Returns the record and the position after it.
+local function read_job(i)
+  local n = tonumber(ARGV[i + 5])
+  local rec = {
+    id = ARGV[i], queue = ARGV[i + 1], priority = ARGV[i + 2],
+    run_at = opt(ARGV[i + 3]), dedup = opt(ARGV[i + 4]), first = i + 6, n = n,
+  }
+  return rec, i + 6 + 2 * n
+end
+
+-- Store a new job (call flush() afterwards): Scheduled if run_at is after
+-- `now`, else Enqueued.
+local function insert(rec, now)
+  local id, queue = rec.id, rec.queue
+  local state, reason = ENQ, 'enqueued'
+  local run_at = rec.run_at and tonumber(rec.run_at)
+  if run_at and run_at > now then state, reason = SCH, 'scheduled' end
+  local snow = n2s(now)
+  local fields = {'id', id, 'queue', queue, 'priority', rec.priority, 'state', state,
+    'attempts', 0, 'crashes', 0, 'created_at', snow, 'updated_at', snow,
+    'history', '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'}
+  for a = rec.first, rec.first + 2 * rec.n - 1 do fields[#fields + 1] = ARGV[a] end
+  if rec.run_at then
+    fields[#fields + 1] = 'run_at'
+    fields[#fields + 1] = rec.run_at
+  end
+  if rec.dedup then
+    fields[#fields + 1] = 'dedup_key'
+    fields[#fields + 1] = rec.dedup
+    redis.call('HSET', K_DEDUP, rec.dedup, id)
+    zadd(K_DEDUP_AT, now, rec.dedup)
+  end
+  if state == ENQ then
+    fields[#fields + 1] = 'enqueued_at'
+    fields[#fields + 1] = snow
+    zadd(K_READY .. queue, -tonumber(rec.priority), ready_member(now, id))
+  else
+    zadd(K_DUE, run_at, id)
+  end
+  redis.call('HSET', K_JOB .. id, unpack(fields))
+  zadd(K_ALL, 0, id)
+  zadd(K_STATE .. state, 0, id)
+  count(queue, state, 1)
+end
+
+-- ------------------------------------------------------------------ script

@@ -1,0 +1,55 @@
+-- claim.lua: claim up to N Enqueued jobs with a lease and a fencing token.
+-- KEYS[1]: the tag {P} (key names from keys.py); pops K_READY..queue, reads K_PAUSED and
+--       K_WAKE_GEN, writes K_JOB..id, K_STATE..state, K_LEASES, K_COUNTS, K_WAITERS.
+-- ARGV[1] now (µs) or '' for Redis TIME
+-- ARGV[2] server id
+-- ARGV[3] lease length (µs)
+-- ARGV[4] limit N
+-- ARGV[5] N x 32 random hex characters: the fencing token of each claimed job
+-- ARGV[6] waiter id of the claiming storage|'' (it stops waiting, see wait.lua)
+-- ARGV[7..] queue names, first queue first
+-- Queues are taken in order (paused ones skipped); inside a queue by
+-- priority desc, then enqueued_at, then id (the ready member order).
+-- Returns {now, lease deadline, wake generation, job 1 fields (flat), ...}.
+local now = clock(ARGV[1])
+local server = ARGV[2]
+local deadline = now + tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local tokens = ARGV[5]
+local out = {now, deadline, tonumber(redis.call('GET', K_WAKE_GEN) or '0')}
+if ARGV[6] ~= '' then redis.call('ZREM', K_WAITERS, ARGV[6]) end
+local got = 0
+local snow, sdeadline = n2s(now), n2s(deadline)
+for q = 7, #ARGV do
+  if got >= limit then break end
+  local queue = ARGV[q]
+  if redis.call('SISMEMBER', K_PAUSED, queue) == 0 then
+    local rk = K_READY .. queue
+    while got < limit do
+      local popped = redis.call('ZPOPMIN', rk, limit - got)
+      if #popped == 0 then break end
+      for p = 1, #popped, 2 do
+        local id = string.sub(popped[p], 17)
+        local jk = K_JOB .. id
+        local st = redis.call('HMGET', jk, 'state', 'attempts', 'queue', 'history')
+        if st[1] == ENQ and st[3] == queue then
+          got = got + 1
+          local attempts = tonumber(st[2]) + 1
+          redis.call('HSET', jk, 'state', PRO, 'attempts', attempts, 'started_at', snow,
+            'updated_at', snow, 'server_id', server,
+            'lease_token', string.sub(tokens, got * 32 - 31, got * 32),
+            'lease_expires_at', sdeadline,
+            'history', append(st[4], entry(PRO, now, nil, server, attempts)))
+          zadd(K_LEASES, deadline, id)
+          zrem(K_STATE .. ENQ, id)
+          zadd(K_STATE .. PRO, 0, id)
+          count(queue, ENQ, -1)
+          count(queue, PRO, 1)
+          out[got + 3] = redis.call('HGETALL', jk)
+        end
+      end
+    end
+  end
+end
+flush()
+return out

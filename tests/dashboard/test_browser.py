@@ -3,7 +3,10 @@
 Every page loads with zero console errors, zero responses >= 400 and zero
 external requests; state changes made outside the browser appear without a
 reload; retry works from the Failed list and from job detail; stored XSS never
-runs; secrets never reach the page or a WebSocket frame.
+runs; secrets never reach the page or a WebSocket frame; a bulk retry of all
+jobs matching a filter completes with visible progress; a whole error group is
+retried; pausing a queue stops a real ``qml worker`` process and resuming
+drains it; the live throughput chart follows the change feed.
 """
 
 from __future__ import annotations
@@ -255,7 +258,7 @@ def test_bulk_retry_of_all_jobs_matching_a_filter(page: Page, dash: LiveDashboar
     ids = dash.call(make_failed(dash.storage, 60, queue="bulk-ui", method=method))
     other = dash.call(make_failed(dash.storage, 3, queue="bulk-ui", method="app.bulk.other"))
     operations = dashboard_context(dash.server.app).operations
-    operations.batch_size, operations.batch_pause = 4, 0.05  # slow enough to watch
+    operations.batch_size, operations.batch_pause = 3, 0.05  # slow enough to watch
     try:
         page.goto(f"/jobs?state=failed&method={method}&limit=25")
         expect(page.get_by_test_id("conn-status")).to_have_text("Live", timeout=5000)
@@ -296,9 +299,8 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("dash", ["sqlite"], indirect=True)  # shared with another process
 def test_queue_pause_stops_a_running_worker(page: Page, dash: LiveDashboard) -> None:
-    if dash.backend != "sqlite":
-        pytest.skip("a worker process needs storage shared across processes")
     storage = dash.storage
     db = dash.tmp_path / "ui.db"
     worker = subprocess.Popen(
@@ -426,3 +428,18 @@ def test_bulk_actions_on_a_selection_and_typed_confirmation(
     expect(row.locator("[data-col=status]")).to_have_text("completed", timeout=15000)
     expect(row.locator("[data-col=processed]")).to_have_text("1001 / 1001")
     assert set(dash.call(states_of(dash.storage, many)).values()) == {JobState.DELETED}
+
+
+def test_retry_a_whole_error_group(page: Page, dash: LiveDashboard) -> None:
+    error = ErrorInfo("LookupError", "tenant 4711 missing", None)
+    ids = dash.call(make_failed(dash.storage, 5, queue="grp", method="app.grp", error=error))
+    page.goto("/errors")
+    row = page.locator("tr[data-error-group]", has_text="LookupError")
+    expect(row.locator("[data-col=count]")).to_have_text("5")
+    row.get_by_role("button", name="Retry all").click()
+    expect(page.get_by_test_id("confirm-text")).to_contain_text("Retry all 5 jobs of the group")
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.locator("tr[data-error-group]", has_text="LookupError")).to_have_count(
+        0, timeout=5000
+    )
+    assert set(dash.call(states_of(dash.storage, ids)).values()) == {JobState.ENQUEUED}

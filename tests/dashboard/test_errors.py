@@ -140,3 +140,38 @@ async def test_retry_and_delete_a_whole_group(local_storage: Storage) -> None:
     states = await states_of(local_storage, seeded["timeout"])
     assert set(states.values()) == {JobState.DELETED}
     assert R not in states.values()
+
+
+async def test_jobs_of_one_group(local_storage: Storage) -> None:
+    seeded = await _seed(local_storage)
+    declined = (await group_errors(local_storage)).groups[0].fingerprint
+    async with make_client(create_app(local_storage)) as client:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"error": declined, "limit": 4}
+            if cursor:
+                params["cursor"] = cursor
+            body = (await client.get("/api/v1/jobs", params=params)).json()
+            seen += [j["id"] for j in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(seeded["declined"])
+        assert len(seen) == len(set(seen)) == 9
+        r = await client.get("/api/v1/jobs", params={"error": declined, "state": "enqueued"})
+        assert r.json() == {"items": [], "next_cursor": None}
+        r = await client.get("/api/v1/jobs", params={"error": declined, "state": "awaiting_retry"})
+        assert len(r.json()["items"]) == 3
+        assert (await client.get("/api/v1/jobs", params={"error": "nope"})).status_code == 422
+        page = await client.get("/jobs", params={"error": declined})
+        assert page.text.count("<tr data-job-id=") == 9
+        assert f"error:{declined}" in page.text  # the bulk bar restates the filter
+        errors_page = (await client.get("/errors")).text
+        assert f'href="/jobs?error={declined}"' in errors_page
+        r = await client.post(
+            "/api/v1/operations",
+            json={"action": "retry", "filter": {"error": declined}, "dry_run": True},
+            headers=CSRF,
+        )
+        assert r.json()["estimate"] == 9

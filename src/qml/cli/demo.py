@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -87,6 +89,31 @@ def _table(storage_url: str, jobs: list[Job], elapsed: float) -> Table:
     return table
 
 
+#: Where the demo serves the dashboard when that port is free (else any free port).
+DASHBOARD_ADDRESS = "127.0.0.1:8765"
+
+
+async def start_dashboard(storage: Storage, console: Console) -> Any | None:
+    """Serve the dashboard on loopback during the demo, if the ``dashboard``
+    extra is installed (``QML_DEMO_DASHBOARD=0`` turns it off); None otherwise."""
+    if os.environ.get("QML_DEMO_DASHBOARD", "1") == "0":
+        return None
+    try:
+        from ..dashboard import DashboardServer
+    except ImportError:
+        console.print("[dim](install the 'dashboard' extra to watch this in a browser)[/]")
+        return None
+    server = DashboardServer(storage)
+    for address in (DASHBOARD_ADDRESS, "127.0.0.1:0"):
+        try:
+            await server.start(address)
+        except OSError:
+            continue
+        console.print(f"Dashboard: [bold]{server.url}/[/]  (served while the demo runs)")
+        return server
+    return None
+
+
 async def _demo(storage_url: str, timeout: float) -> int:
     storage: Storage = await open_storage(storage_url)
     demo_registry.storage = storage
@@ -101,6 +128,7 @@ async def _demo(storage_url: str, timeout: float) -> int:
     )
     server = BackgroundJobServer(config, storage, demo_registry)
     console = Console()
+    dashboard = await start_dashboard(storage, console)
     start = time.monotonic()
     await server.start()
     jobs: list[Job] = []
@@ -114,6 +142,8 @@ async def _demo(storage_url: str, timeout: float) -> int:
                 await asyncio.sleep(0.2)
     finally:
         await server.stop()
+        if dashboard is not None:
+            await dashboard.stop()
         await storage.close()
     console.print()
     done = sum(j.is_final for j in jobs)

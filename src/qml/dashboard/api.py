@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketState
 from .. import recurring as recurring_ops
 from ..errors import InvalidTransitionError, JobNotFoundError
 from ..job import JobState
-from ..storage.requests import JobQuery
+from ..storage.requests import JobQuery, Page
 from .context import Ctx, DashboardContext
 from .schemas import (
     JobDetail,
@@ -89,6 +89,15 @@ def job_query(
     )
 
 
+async def find_jobs(ctx: DashboardContext, query: JobQuery, error: str | None) -> Page:
+    """``list_jobs``, narrowed to one error group when ``error`` is a fingerprint."""
+    if error:
+        from .error_groups import list_group_jobs
+
+        return await list_group_jobs(ctx.storage, query, error)
+    return await ctx.storage.list_jobs(query)
+
+
 # ---------------------------------------------------------------------- reads
 @router.get("/stats", response_model=StatsOut, responses=READ_ERRORS, tags=["stats"])
 async def get_stats(ctx: Ctx, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
@@ -120,9 +129,13 @@ async def list_jobs(
     ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    error: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-f]{12}$", description="Jobs of this error group (fingerprint)"),
+    ] = None,
 ) -> dict[str, Any]:
     """A page of jobs, newest first; follow ``next_cursor`` for the next page."""
-    page = await ctx.storage.list_jobs(job_query(state, queue, method, text, cursor, limit))
+    page = await find_jobs(ctx, job_query(state, queue, method, text, cursor, limit), error)
     return {
         "items": [ctx.views.job_summary(j) for j in page.items],
         "next_cursor": page.next_cursor,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from ..job import Job, JobState
 from ..storage.base import Storage
-from ..storage.requests import JobQuery
+from ..storage.requests import JobQuery, Page
 
 #: How many of the newest failures the Errors page scans by default.
 SCAN_LIMIT = 10_000
@@ -179,3 +179,32 @@ async def group_errors(storage: Storage, *, scan_limit: int = SCAN_LIMIT) -> Err
             truncated = True
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.fingerprint))
     return ErrorReport(ordered, scanned, scan_limit, truncated)
+
+
+#: Pages of 1,000 failures one filtered list request may read.
+LIST_SCAN_PAGES = 10
+
+
+async def list_group_jobs(storage: Storage, query: JobQuery, fp: str) -> Page:
+    """A page of the jobs of one error group (``query``'s other filters apply).
+
+    The fingerprint is matched in Python, so a request reads at most
+    :data:`LIST_SCAN_PAGES` pages of failures; the returned cursor continues
+    the scan where it stopped (a page may then hold fewer than ``limit`` jobs).
+    """
+    states = FAILURE_STATES if query.states is None else query.states & FAILURE_STATES
+    if not states:
+        return Page([], None)
+    items: list[Job] = []
+    cursor = query.cursor
+    for _ in range(LIST_SCAN_PAGES):
+        page = await storage.list_jobs(replace(query, states=states, cursor=cursor, limit=1000))
+        for job in page.items:
+            if fingerprint_job(job) == fp:
+                items.append(job)
+                if len(items) == query.limit:
+                    return Page(items, job.id)
+        if page.next_cursor is None:
+            return Page(items, None)
+        cursor = page.next_cursor
+    return Page(items, cursor)

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import JobNotFoundError
 from ..job import JobState
 from ..storage.requests import MinuteStat
-from .api import job_query
+from .api import find_jobs, job_query
 from .context import Ctx, DashboardContext
 from .error_groups import SCAN_LIMIT, group_errors
 from .operations import Operation
@@ -228,9 +228,17 @@ async def jobs_page(
     text: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    error: Annotated[str | None, Query(pattern=r"^[0-9a-f]{12}$")] = None,
 ) -> HTMLResponse:
-    page = await ctx.storage.list_jobs(job_query(state, queue, method, text, cursor, limit))
-    filters = {"state": state, "queue": queue, "method": method, "text": text, "cursor": cursor}
+    page = await find_jobs(ctx, job_query(state, queue, method, text, cursor, limit), error)
+    filters = {
+        "state": state,
+        "queue": queue,
+        "method": method,
+        "text": text,
+        "error": error,
+        "cursor": cursor,
+    }
     base = {k: v for k, v in filters.items() if v and k != "cursor"}
     if limit != 50:
         base["limit"] = str(limit)

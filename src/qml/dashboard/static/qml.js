@@ -59,6 +59,7 @@ async function refreshContent() {
       } else if (!(active && content.contains(active) && active.matches("select,textarea,input:not([type=checkbox])"))) {
         content.innerHTML = html;  // server-rendered and escaped by Jinja
         body.dataset.refreshed = String(Date.now());
+        for (const op of knownOps.values()) applyOperation(op);
         drawLiveChart();
       }
     }
@@ -324,13 +325,28 @@ async function runBulk(button) {
 }
 
 // ------------------------------------------------------------------ operation progress
+const FINAL = ["completed", "cancelled", "failed"];
+const knownOps = new Map();  // id -> newest progress message
+
 function onOperation(op) {
   if (!op) return;
+  knownOps.set(op.id, op);
+  if (knownOps.size > 100) knownOps.delete(knownOps.keys().next().value);
+  if (!applyOperation(op) && body.dataset.page === "operations") refreshContent();
+}
+
+// Show an operation's progress in its row; false if the row is not on the page.
+// A row never goes backwards: a fragment rendered before the newest message
+// was applied gets the message re-applied (see refreshContent).
+function applyOperation(op) {
   const row = content.querySelector('tr[data-operation-id="' + CSS.escape(op.id) + '"]');
-  if (!row) {
-    if (body.dataset.page === "operations") refreshContent();
-    return;
-  }
+  if (!row) return false;
+  const done = op.processed + op.failed;
+  const shownFinal = FINAL.includes(row.dataset.status);
+  if (shownFinal && !FINAL.includes(op.status)) return true;
+  if (!FINAL.includes(op.status) && done < Number(row.dataset.done || 0)) return true;
+  row.dataset.done = String(done);
+  row.dataset.status = op.status;
   const bar = row.querySelector("[data-col=bar]");
   const total = Math.max(1, op.total);
   bar.max = total;
@@ -344,10 +360,11 @@ function onOperation(op) {
   const badge = row.querySelector("[data-col=status] .badge");
   badge.textContent = op.status;
   badge.className = "badge badge-op-" + op.status;
-  if (["completed", "cancelled", "failed"].includes(op.status)) {
+  if (FINAL.includes(op.status)) {
     const cancel = row.querySelector("[data-op-cancel]");
     if (cancel) cancel.remove();
   }
+  return true;
 }
 
 // ------------------------------------------------------------------ live throughput chart

@@ -94,24 +94,33 @@ class WorkerResult:
 
 class CancelEvent:
     """Set when the job should stop: cancelled by a user, lease lost, or
-    the server shutting down. Usable from async code and from threads."""
+    the server shutting down. Usable from async code and from threads.
+
+    Cheap to create (one per job): the threading.Event behind ``wait_sync``
+    is made only when a thread first waits."""
+
+    __slots__ = ("_event", "_lock", "_set", "_waiters", "reason")
 
     def __init__(self) -> None:
-        self._flag = threading.Event()
+        self._set = False
+        self._event: threading.Event | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lock = threading.Lock()
         self.reason: str | None = None
 
     def is_set(self) -> bool:
-        return self._flag.is_set()
+        return self._set
 
     def set(self, reason: str = "cancelled") -> None:
         with self._lock:
-            if self._flag.is_set():
+            if self._set:
                 return
             self.reason = reason
-            self._flag.set()
+            self._set = True
+            event = self._event
             waiters, self._waiters = self._waiters, []
+        if event is not None:
+            event.set()
         for loop, fut in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, fut)
@@ -119,7 +128,7 @@ class CancelEvent:
     async def wait(self) -> None:
         """Wait (async) until set."""
         with self._lock:
-            if self._flag.is_set():
+            if self._set:
                 return
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append((asyncio.get_running_loop(), fut))
@@ -127,7 +136,31 @@ class CancelEvent:
 
     def wait_sync(self, timeout: float | None = None) -> bool:
         """Wait (blocking, for sync jobs in threads); True if set."""
-        return self._flag.wait(timeout)
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+
+class Flag:
+    """A thread-safe boolean flag (attribute writes are atomic), cheaper than an Event."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value = False
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+
+    def clear(self) -> None:
+        self._value = False
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -153,13 +186,27 @@ class WorkerContext:
         self.job = job
         self.server_id = server_id
         self.cancelled = cancelled or CancelEvent()
-        self.logger: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
-            logger or logging.getLogger("qml.job"),
-            {"job_id": job.id, "method": job.method, "queue": job.queue, "attempt": job.attempts},
-        )
+        self._base_logger = logger
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.progress_value: float | None = None
         self.progress_message: str | None = None
-        self.heartbeat_requested = threading.Event()
+        self.heartbeat_requested = Flag()
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the job's id, method, queue and attempt."""
+        if self._logger is None:
+            job = self.job
+            self._logger = logging.LoggerAdapter(
+                self._base_logger or logging.getLogger("qml.job"),
+                {
+                    "job_id": job.id,
+                    "method": job.method,
+                    "queue": job.queue,
+                    "attempt": job.attempts,
+                },
+            )
+        return self._logger
 
     @property
     def job_id(self) -> str:

@@ -194,7 +194,7 @@ def test_hot_queries_use_their_indexes() -> None:
         "select_expired_leases": "qml_jobs_lease",
         "select_due": "qml_jobs_due",
         "delete_expired": "qml_jobs_expiry",
-        "oldest_enqueued": "qml_jobs_oldest",
+        "oldest_enqueued": "qml_jobs_oldest_enqueued",
         "select_jobs": "sqlite_autoindex_qml_jobs_1",
         "finish_job": "sqlite_autoindex_qml_jobs_1",
         "get_job": "sqlite_autoindex_qml_jobs_1",

@@ -425,9 +425,10 @@ class MemoryStorage(Storage):
             out: dict[str, datetime] = {}
             for job in self._jobs.values():
                 if job.state is E and job.queue in queues:
+                    at = job.enqueued_at or job.created_at
                     cur = out.get(job.queue)
-                    if cur is None or job.created_at < cur:
-                        out[job.queue] = job.created_at
+                    if cur is None or at < cur:
+                        out[job.queue] = at
             return out
 
     async def _set_queue_paused(self, queue: str, paused: bool) -> None:

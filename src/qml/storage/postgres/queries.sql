@@ -309,7 +309,7 @@ LEFT JOIN {{schema}}.{{table_minute_stats}} s ON s.minute = to_timestamp(g.m * 6
 ORDER BY g.m
 
 -- name: oldest_enqueued
-SELECT queue, min(created_at) AS oldest FROM {{schema}}.{{table}}
+SELECT queue, min(enqueued_at) AS oldest FROM {{schema}}.{{table}}
 WHERE state = 'enqueued' AND queue = ANY($1::text[])
 GROUP BY queue
 

@@ -185,7 +185,7 @@ SELECT minute, succeeded, failed FROM qml_minute_stats WHERE minute BETWEEN ?1 A
 -- name: oldest_enqueued
 -- ?1 JSON array of queue names; the time is NULL for a queue with no Enqueued job.
 SELECT q.value, (
-    SELECT min(created_at) FROM qml_jobs INDEXED BY qml_jobs_oldest
+    SELECT min(enqueued_at) FROM qml_jobs INDEXED BY qml_jobs_oldest_enqueued
     WHERE state = 'enqueued' AND queue = q.value
 )
 FROM json_each(?1) AS q;

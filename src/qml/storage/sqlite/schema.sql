@@ -49,9 +49,10 @@ CREATE TABLE IF NOT EXISTS qml_jobs (
 -- Claiming: only Enqueued rows, in claim order.
 CREATE INDEX IF NOT EXISTS qml_jobs_claim
     ON qml_jobs (queue, priority DESC, enqueued_at, id) WHERE state = 'enqueued';
--- Oldest Enqueued job per queue (dashboard).
-CREATE INDEX IF NOT EXISTS qml_jobs_oldest
-    ON qml_jobs (queue, created_at) WHERE state = 'enqueued';
+-- Oldest Enqueued job per queue, by the time it became Enqueued (dashboard).
+DROP INDEX IF EXISTS qml_jobs_oldest;
+CREATE INDEX IF NOT EXISTS qml_jobs_oldest_enqueued
+    ON qml_jobs (queue, enqueued_at) WHERE state = 'enqueued';
 -- Activation of due Scheduled / AwaitingRetry jobs.
 CREATE INDEX IF NOT EXISTS qml_jobs_due
     ON qml_jobs (run_at) WHERE state IN ('scheduled', 'awaiting_retry');

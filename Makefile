@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench bench-peers clean
+.PHONY: demo test lint typecheck pytest bench bench-peers chaos clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,12 @@ bench-peers: $(VENV)/.installed
 	  RESULTS_DIR=$(CURDIR)/.bench/results/run-$$(date +%Y%m%d-%H%M%S) \
 	  SYSTEMS="$(BENCH_SYSTEMS)" OUT_MD=$(CURDIR)/benchmarks/peers/RESULTS.md \
 	  bash ../shared/bench/run_all.sh
+
+# The full chaos scenarios (tests/chaos, marker chaos_full); the short ones run in `make test`.
+# Figures of each run are appended to .bench/chaos-results.jsonl (git-ignored).
+chaos: $(VENV)/.installed-dev
+	mkdir -p .bench && QML_CHAOS_FULL=1 QML_CHAOS_RESULTS=$(CURDIR)/.bench/chaos-results.jsonl \
+	  $(BIN)/pytest tests/chaos -m chaos_full -p no:cacheprovider -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

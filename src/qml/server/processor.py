@@ -14,6 +14,7 @@ import traceback as tb
 from datetime import datetime
 from typing import Any
 
+from .. import faults
 from ..clock import utcnow
 from ..config import ServerConfig
 from ..errors import SerializationError, ValidationError, WorkerNotFoundError
@@ -153,6 +154,7 @@ class JobProcessor:
             return self.unknown_method(lease)
         policy = worker.retry_policy or self.config.retry_policy
         timeout = job.timeout or worker.timeout or self.config.job_timeout
+        faults.point("job.running")
         try:
             if worker.is_async:
                 ok, value = await asyncio.wait_for(_call_async(worker, job, ctx), timeout)

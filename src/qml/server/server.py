@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from .. import recurring
+from .. import faults, recurring
 from ..config import ServerConfig
 from ..errors import StorageError
 from ..job import JobState
@@ -322,6 +322,8 @@ class BackgroundJobServer:
                     ClaimRequest(cfg.server_name, cfg.queues, want, cfg.lease_seconds)
                 )
                 backoff = 0.1
+                if leases:
+                    faults.point("job.claimed")
             except Exception as exc:
                 log.warning(
                     "claim failed (%s); retrying in %.1f s",
@@ -487,7 +489,9 @@ class BackgroundJobServer:
         delay = 0.05
         while batch:
             try:
+                faults.point("job.before_ack")
                 results = await self.storage.finish([o for o, _ in batch])
+                faults.point("job.after_ack")
                 break
             except StorageError as exc:
                 now = time.monotonic()

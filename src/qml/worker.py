@@ -474,6 +474,20 @@ class FunctionWorker(BaseWorker):
             **fields,
         )
         self._async = inspect.iscoroutinefunction(fn)
+        # What binding a call needs, worked out once (enqueue is a hot path).
+        params = [p for n, p in self.signature.parameters.items() if n != self.ctx_param]
+        self._call_signature = self.signature.replace(parameters=params)
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional = tuple(p.name for p in params if p.kind in positional)
+        self._keywords = frozenset(
+            p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY
+        )
+        self._required = tuple(p.name for p in params if p.default is p.empty)
+        self._validate: Callable[[Any], Any] = self.model.model_validate
+        self._serialize: Callable[..., Any] = pydantic.BaseModel.model_dump
+        if self.model.__pydantic_complete__:  # call pydantic-core without the wrappers
+            self._validate = self.model.__pydantic_validator__.validate_python
+            self._serialize = self.model.__pydantic_serializer__.to_python
 
     @property
     def is_async(self) -> bool:
@@ -481,13 +495,22 @@ class FunctionWorker(BaseWorker):
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call's arguments, validate them and return their JSON form."""
-        params = [p for n, p in self.signature.parameters.items() if n != self.ctx_param]
-        sig = self.signature.replace(parameters=params)
-        try:
-            bound = sig.bind(*args, **kwargs)
+        return cast(dict[str, Any], self.encode_args(self._bind(args, kwargs)))
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name (as ``Signature.bind`` gives them)."""
+        positional = self._positional
+        if len(args) <= len(positional):
+            bound = dict(zip(positional, args, strict=False))
+            keywords = self._keywords
+            if all(k in keywords and k not in bound for k in kwargs):
+                bound.update(kwargs)
+                if all(name in bound for name in self._required):
+                    return bound
+        try:  # not a plain call: let inspect bind it, or word the error
+            return dict(self._call_signature.bind(*args, **kwargs).arguments)
         except TypeError as exc:
             raise ValidationError(f"invalid arguments for {self.method_name}: {exc}") from exc
-        return cast(dict[str, Any], self.encode_args(dict(bound.arguments)))
 
     def encode_args(self, args: Any) -> Any:
         if not isinstance(args, dict):
@@ -505,7 +528,7 @@ class FunctionWorker(BaseWorker):
                         f"argument {name!r} of {self.method_name}: {exc}"
                     ) from exc
         try:
-            return self.model.model_validate(args).model_dump(mode="json")
+            return self._serialize(self._validate(args), mode="json")
         except pydantic.ValidationError as exc:
             raise ValidationError(
                 f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
@@ -575,6 +598,7 @@ class JobFunction(Generic[P, R]):
         self.worker = worker
         self.registry = registry
         self._options = options or {}
+        self._job_options = {k: v for k, v in self._options.items() if k != "storage"}
         self.__wrapped__ = worker.fn
         self.__doc__ = worker.fn.__doc__
         self.__name__ = getattr(worker.fn, "__name__", worker.method_name)
@@ -616,8 +640,9 @@ class JobFunction(Generic[P, R]):
 
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """A validated :class:`Job` for this call (no I/O)."""
-        opts = {k: v for k, v in self._options.items() if k != "storage"}
-        return self.worker.job_for_encoded(self.worker.encode_call(args, kwargs), **opts)
+        return self.worker.job_for_encoded(
+            self.worker.encode_call(args, kwargs), **self._job_options
+        )
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate the call's arguments and enqueue it; return the job id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 import time
@@ -60,3 +61,26 @@ def test_min_id_for_ms_bounds_ids_of_that_millisecond() -> None:
     ms = id_time_ms(job_id)
     assert min_id_for_ms(ms) <= job_id < min_id_for_ms(ms + 1)
     assert id_time_ms(min_id_for_ms(ms)) == ms
+
+
+def test_forked_child_never_repeats_the_parents_ids() -> None:
+    new_id()  # the parent has drawn random bytes and started a millisecond
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: send its ids, then leave without running test teardown
+        try:
+            os.write(write_fd, "\n".join(new_id() for _ in range(2000)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    mine = {new_id() for _ in range(2000)}
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    theirs = set(b"".join(chunks).decode().split("\n"))
+    assert len(theirs) == 2000
+    assert not mine & theirs
+    # the random bits differ too, so ids made in the same millisecond cannot collide
+    assert not {i[-12:] for i in mine} & {i[-12:] for i in theirs}

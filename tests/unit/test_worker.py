@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -293,6 +294,44 @@ async def test_function_job_validation_errors_at_enqueue(
     with pytest.raises(ValidationError, match=match):
         await count.enqueue(*args, **kwargs)
     assert await storage.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((1,), {}),
+        ((1, 2), {"c": 3}),
+        ((), {"a": 1, "b": 2, "c": 3}),
+        ((1,), {"c": 3, "b": 2}),
+        ((1,), {"a": 1}),  # a given twice
+        ((1, 2, 3), {}),  # c is keyword-only
+        ((), {"b": 2}),  # a is positional-only and missing
+        ((), {"a": 1}),  # a is positional-only
+        ((1, 2, 3, 4), {}),
+        ((1,), {"ctx": 5}),
+        ((1,), {"zzz": 5}),
+    ],
+)
+def test_call_binding_matches_inspect(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    reg = WorkerRegistry()
+
+    @reg.job("bind")
+    async def bind(a: int, /, ctx: WorkerContext, b: int = 0, *, c: int = 0) -> None:
+        return None
+
+    params = [p for n, p in inspect.signature(bind.worker.fn).parameters.items() if n != "ctx"]
+    expected_sig = inspect.signature(bind.worker.fn).replace(parameters=params)
+    try:
+        expected: dict[str, Any] | str = dict(expected_sig.bind(*args, **kwargs).arguments)
+    except TypeError as exc:
+        expected = str(exc)
+    if isinstance(expected, str):
+        with pytest.raises(ValidationError) as info:
+            bind.worker.encode_call(args, kwargs)
+        assert str(info.value) == f"invalid arguments for bind: {expected}"
+    else:
+        full = {"b": 0, "c": 0} | expected
+        assert bind.worker.encode_call(args, kwargs) == full
 
 
 async def test_function_job_with_non_json_argument_type_is_refused(

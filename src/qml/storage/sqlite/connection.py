@@ -16,6 +16,7 @@ dozen times a second); when another connection committed, it reads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from ...errors import ConfigurationError, MigrationError, StorageError, StorageUnavailableError
 from ..memory import _Waiters
@@ -98,6 +99,26 @@ def _icontains(haystack: object, needle: object) -> bool:
         return False
     text = haystack.decode("utf-8", "replace") if isinstance(haystack, bytes) else str(haystack)
     return needle.lower() in text.lower()
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[T],
+    result: T | None,
+    exc: BaseException | None,
+) -> None:
+    """From another thread: resolve ``fut`` on ``loop`` (unless the caller gave up)."""
+
+    def apply() -> None:
+        if fut.done():  # cancelled while the call ran
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(cast(T, result))
+
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+        loop.call_soon_threadsafe(apply)
 
 
 def check_path(path: str) -> str:
@@ -295,11 +316,30 @@ class Database:
             executor = self._executor
             if executor is None:
                 raise StorageUnavailableError(f"SqliteStorage({self.path!r}) is closed")
+        # The connection thread settles a loop future itself: half the CPU of
+        # wrap_future's chain of two futures and callbacks, on every call.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
         try:
-            fut = executor.submit(self._invoke, fn)
+            job = executor.submit(self._invoke_for, fn, loop, done)
         except RuntimeError as exc:  # shut down by a concurrent close()
             raise StorageUnavailableError(f"SqliteStorage({self.path!r}) is closed") from exc
-        return await asyncio.wrap_future(fut)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            job.cancel()  # not started yet: it never runs (as with wrap_future)
+            raise
+
+    def _invoke_for(
+        self, fn: Callable[[Conn], T], loop: asyncio.AbstractEventLoop, done: asyncio.Future[T]
+    ) -> None:
+        """Run ``fn`` on the connection thread and settle ``done`` on its loop."""
+        try:
+            result = self._invoke(fn)
+        except BaseException as exc:
+            _settle(loop, done, None, exc)
+        else:
+            _settle(loop, done, result, None)
 
     async def write(self, body: Callable[[Conn], T], *, durable: bool = True) -> T:
         """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction on the connection thread.

@@ -145,7 +145,10 @@ async def test_security_headers_and_no_inline_code(memory_storage: Storage) -> N
             assert "script-src 'self'" in csp
             assert "frame-ancestors 'none'" in csp
             assert r.headers["x-content-type-options"] == "nosniff"
-            assert re.fullmatch(r"app;dur=\d+\.\d", r.headers["server-timing"])
+            assert re.fullmatch(
+                r'storage;dur=\d+\.\d+;desc="\d+ calls", app;dur=\d+\.\d',
+                r.headers["server-timing"],
+            )
             for tag in re.findall(r"<script\b[^>]*>", r.text):
                 assert "src=" in tag, tag
             assert " style=" not in r.text

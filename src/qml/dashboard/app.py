@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,7 @@ from . import api, api_operations, metrics, pages
 from .context import DashboardContext
 from .hub import DEFAULT_TICK, ChangeHub
 from .operations import BATCH_SIZE, OperationManager
+from .reads import DEFAULT_SHARED_TTL, DashboardStorage, ServerTimingMiddleware
 from .redaction import Redactor, RedactorFn
 from .security import LOOPBACK_NETWORKS, Authenticator, SecurityMiddleware
 from .views import ViewBuilder
@@ -121,6 +122,7 @@ def create_app(
     server_dead_after: float = 60.0,
     operation_batch_size: int = BATCH_SIZE,
     operation_batch_pause: float = 0.0,
+    shared_read_ttl: float = DEFAULT_SHARED_TTL,
 ) -> ASGIApp:
     """The dashboard as an ASGI app: HTML pages, ``/api/v1``, ``/api/v1/ws``,
     ``/metrics`` and ``/healthz``.
@@ -141,11 +143,20 @@ def create_app(
       on this many jobs per storage call, and sleep this many seconds between
       two batches (to spare a busy database).
 
+    * ``shared_read_ttl``: live page refreshes of many tabs share identical
+      storage reads for at most this many seconds (and never across two
+      change-feed snapshots); see :mod:`qml.dashboard.reads`.
+
+    Every response carries ``Server-Timing`` entries (storage time and total),
+    and ``/metrics`` counts the storage calls of the dashboard by operation.
+
     The storage is not opened or closed by the app; its owner does that.
     """
-    hub = ChangeHub(storage, tick=tick)
+    reads = DashboardStorage(storage, ttl=shared_read_ttl)
+    counted = cast(Storage, reads)
+    hub = ChangeHub(counted, tick=tick, on_change=reads.invalidate)
     operations = OperationManager(
-        storage,
+        counted,
         publish=hub.publish,
         batch_size=operation_batch_size,
         batch_pause=operation_batch_pause,
@@ -169,12 +180,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.qml = DashboardContext(
-        storage=storage,
+        storage=counted,
         views=ViewBuilder(redactor if redactor is not None else Redactor()),
         hub=hub,
         read_only=read_only,
         operations=operations,
         server_dead_after=server_dead_after,
+        storage_calls=reads.storage_calls,
     )
     _install_error_handlers(app)
     app.include_router(api_operations.router)
@@ -182,6 +194,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
+    app.add_middleware(ServerTimingMiddleware)
     app.add_middleware(
         SecurityMiddleware,
         auth=auth,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from ..storage.base import Storage
+from .reads import StorageCalls
 from .views import ViewBuilder
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class DashboardContext:
     operations: OperationManager
     #: A server whose heartbeat is older than this many seconds is shown dead.
     server_dead_after: float = 60.0
+    #: Storage calls made through ``storage`` (``/metrics``).
+    storage_calls: StorageCalls = field(default_factory=StorageCalls)
 
 
 def get_context(request: Request) -> DashboardContext:

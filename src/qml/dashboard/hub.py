@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,9 +79,18 @@ async def snapshot(storage: Storage) -> dict[str, Any]:
 class ChangeHub:
     """Reads storage once per tick and fans the snapshot out to subscribers."""
 
-    def __init__(self, storage: Storage, *, tick: float = DEFAULT_TICK) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        tick: float = DEFAULT_TICK,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.storage = storage
         self.tick = tick
+        #: Called when a read finds a new snapshot, before clients get it
+        #: (ends the shared reads of the previous snapshot).
+        self.on_change = on_change
         self.reads = 0
         self._subs: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +145,8 @@ class ChangeHub:
         snap = await snapshot(self.storage)
         if self._last is not None and {**self._last, "seq": 0} == {**snap, "seq": 0}:
             return None
+        if self.on_change is not None:
+            self.on_change()
         self._seq += 1
         snap["seq"] = self._seq
         self._last = snap

@@ -3,7 +3,8 @@
 Cluster gauges come from storage counters at scrape time, so any number of
 workers never duplicate them: jobs by state and by (queue, state), the age of
 the oldest Enqueued job per queue, paused queues, registered servers, and
-jobs finished in the last minute by outcome.
+jobs finished in the last minute by outcome. Process counters: the storage
+calls this dashboard made, by operation (``qml_dashboard_storage_calls_total``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..job import JobState
@@ -67,8 +68,25 @@ async def metrics(ctx: Ctx) -> Response:
     finished.add_metric(["succeeded"], last.succeeded if last else 0)
     finished.add_metric(["failed"], last.failed if last else 0)
 
+    calls = CounterMetricFamily(
+        "qml_dashboard_storage_calls",
+        "Storage calls made by this dashboard process, by storage operation",
+        labels=["op"],
+    )
+    for op, n in sorted(ctx.storage_calls.calls.items()):
+        calls.add_metric([op], n)
+    shared = CounterMetricFamily(
+        "qml_dashboard_storage_shared_reads",
+        "Live page reads answered from a read another tab made (no storage call)",
+        labels=["op"],
+    )
+    for op, n in sorted(ctx.storage_calls.shared_hits.items()):
+        shared.add_metric([op], n)
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot([by_state, by_queue, oldest, paused, server_count, finished]))
+    registry.register(
+        _Snapshot([by_state, by_queue, oldest, paused, server_count, finished, calls, shared])
+    )
     return Response(
         generate_latest(registry),
         media_type="text/plain; version=0.0.4; charset=utf-8",

@@ -107,8 +107,14 @@ CREATE INDEX {{table_expiry_idx}} ON {{schema}}.{{table}}
 -- emptied queue would claim through it, sorting the whole backlog each time.
 CREATE INDEX {{table_state_idx}} ON {{schema}}.{{table}} (state, id)
     WHERE state IN ('succeeded', 'failed', 'deleted');
-CREATE INDEX {{table_queue_idx}} ON {{schema}}.{{table}} (queue, id);
-CREATE INDEX {{table_method_idx}} ON {{schema}}.{{table}} (method, id);
+-- Queue and method filters read one keyset scan per state, however rare the state.
+CREATE INDEX {{table_queue_state_idx}} ON {{schema}}.{{table}} (queue, state, id);
+CREATE INDEX {{table_method_state_idx}} ON {{schema}}.{{table}} (method, state, id);
+-- Joint statistics, so a rare (queue, state) pair is not expected to be common.
+CREATE STATISTICS {{schema}}.{{table_queue_state_stats}} (mcv) ON queue, state
+    FROM {{schema}}.{{table}};
+CREATE STATISTICS {{schema}}.{{table_method_state_stats}} (mcv) ON method, state
+    FROM {{schema}}.{{table}};
 
 CREATE TABLE {{schema}}.{{table_dedup}} (
     key text PRIMARY KEY,

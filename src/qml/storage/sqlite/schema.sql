@@ -65,7 +65,8 @@ CREATE INDEX IF NOT EXISTS qml_jobs_expiry
 -- List filters, each keyed on id for keyset pagination.
 CREATE INDEX IF NOT EXISTS qml_jobs_state ON qml_jobs (state, id);
 CREATE INDEX IF NOT EXISTS qml_jobs_queue ON qml_jobs (queue, state, id);
-CREATE INDEX IF NOT EXISTS qml_jobs_method ON qml_jobs (method, id);
+DROP INDEX IF EXISTS qml_jobs_method;
+CREATE INDEX IF NOT EXISTS qml_jobs_method_state ON qml_jobs (method, state, id);
 
 -- Job counts per (queue, state), changed in the same transaction as the jobs.
 CREATE TABLE IF NOT EXISTS qml_counts (

@@ -87,3 +87,6 @@ def is_final(state: JobState) -> bool:
 DEFAULT_MAX_CRASHES = 3
 #: Reason recorded when a job is quarantined after repeated crashes.
 WORKER_CRASHED = "worker_crashed"
+#: Reason recorded when an expired lease puts a job back (its holder died).
+#: A job that entered AwaitingRetry with it keeps its queue place when due.
+LEASE_EXPIRED = "lease_expired"

@@ -8,10 +8,12 @@ on a fixed sleep: wake-ups are asserted through the mechanism (a waiter with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -266,11 +268,9 @@ async def test_migrations_add_up_to_install_sql(pg: Schemas) -> None:
     a, b = pg.new(f"t_pg_a{uuid4().hex[:10]}"), pg.new(f"t_pg_b{uuid4().hex[:10]}")
     conn = await pg.connect()
     try:
-        assert await Migrator(Names(a, "qml_jobs")).migrate(conn) == [1, 2]
-        assert await Migrator(Names(b, "qml_jobs")).migrate(conn, use_install_script=False) == [
-            1,
-            2,
-        ]
+        every = list(range(1, latest_version() + 1))
+        assert await Migrator(Names(a, "qml_jobs")).migrate(conn) == every
+        assert await Migrator(Names(b, "qml_jobs")).migrate(conn, use_install_script=False) == every
         installed, migrated = await catalog(conn, a), await catalog(conn, b)
         assert len(installed) > 100
         assert installed == migrated
@@ -316,13 +316,14 @@ async def test_eight_concurrent_migrations_install_once(pg: Schemas) -> None:
         for _ in range(8)
     ]
     results = await asyncio.gather(*(s.migrate() for s in storages))
-    assert sorted(results) == [[]] * 7 + [[1, 2]]
+    every = list(range(1, latest_version() + 1))
+    assert sorted(results) == [[]] * 7 + [every]
     conn = await pg.connect()
     try:
         rows = await conn.fetch(
             f"SELECT version FROM {quote_ident(schema)}.qml_jobs_migrations ORDER BY 1"
         )
-        assert [r[0] for r in rows] == [1, 2]
+        assert [r[0] for r in rows] == every
     finally:
         await conn.close()
     assert all([await s.schema_exists() for s in storages])
@@ -340,7 +341,7 @@ async def test_an_old_schema_is_upgraded_in_order(pg: Schemas) -> None:
     assert (await storage.schema_status()).current == 1
     assert not (await storage.schema_status()).up_to_date
     assert await storage.migrate_if_needed() is True
-    assert (await storage.schema_status()).versions == (1, 2)
+    assert (await storage.schema_status()).versions == tuple(range(1, latest_version() + 1))
     assert await storage.migrate_if_needed() is False
 
 
@@ -352,7 +353,7 @@ async def test_without_auto_migrate_nothing_is_installed(
     assert not await storage.schema_exists()
     with pytest.raises(MigrationError, match="migrate"):
         await storage.enqueue(Job("m"))
-    assert await storage.migrate() == [1, 2]
+    assert await storage.migrate() == list(range(1, latest_version() + 1))
     assert await storage.schema_exists()
     await storage.enqueue(Job("m"))
     assert await storage.get_job_count("default") == 1
@@ -707,3 +708,82 @@ async def test_a_url_is_a_config_and_enqueue_in_a_transaction_opens_the_storage(
     finally:
         await conn.close()
     assert (await storage.get_job(job_id)).state is JobState.ENQUEUED
+
+
+async def test_claim_and_finish_lanes_reconnect_after_a_cut(
+    pg: Schemas, storage: PostgresStorage
+) -> None:
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(3)])
+    (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))
+    assert await storage.finish([Outcome.succeed(lease, {"r": 0}, ttl=60)]) == [True]
+    lanes = [storage._lanes[name] for name in ("claim", "finish")]
+    pids = [lane._conn.get_server_pid() for lane in lanes if lane._conn is not None]
+    assert len(pids) == 2 and set(pids) <= storage._own_pids  # NOTIFYs from them are ours
+    conn = await pg.connect()
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE pid = ANY($1::int[])",
+            pids,
+        )
+        assert killed == 2
+    finally:
+        await conn.close()
+    deadline = time.monotonic() + 10  # safety net: the close reaches the client
+    while not all(lane._conn is None or lane._conn.is_closed() for lane in lanes):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # The first calls after the cut succeed on fresh connections.
+    (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))
+    assert lease.job.state is JobState.PROCESSING and lease.job.attempts == 1
+    assert await storage.finish([Outcome.succeed(lease, {"r": 1}, ttl=60)]) == [True]
+    assert (await storage.get_job(lease.job_id)).result == {"r": 1}
+    assert all(lane._conn is not None and lane._conn.get_server_pid() not in pids for lane in lanes)
+
+
+async def test_a_claim_cancelled_mid_call_drops_its_connection(storage: PostgresStorage) -> None:
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(2000)])
+    (first,) = await storage.claim(ClaimRequest("srv", ["default"], 1))  # opens the lane
+    lane = storage._lanes["claim"]
+    old = lane._conn
+    big = asyncio.create_task(storage.claim(ClaimRequest("srv", ["default"], 1500)))
+    while not lane.busy:  # wait until it is sent
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.002)
+    big.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await big
+    leases = await storage.claim(ClaimRequest("srv", ["default"], 2))
+    assert len(leases) == 2 and first.job_id not in {lease.job_id for lease in leases}
+    assert old is not None and old.is_closed() and lane._conn is not old
+    outcomes = [Outcome.succeed(lease, None, ttl=60) for lease in (first, *leases)]
+    assert await storage.finish(outcomes) == [True, True, True]
+    assert await storage.count(state=JobState.SUCCEEDED) == 3
+    processing = await storage.count(state=JobState.PROCESSING)
+    assert processing in (0, 1500)  # the cancelled claim committed whole or not at all
+    assert processing + await storage.count(state=JobState.ENQUEUED) == 1997
+
+
+async def test_concurrent_claims_and_finishes_share_the_lanes(storage: PostgresStorage) -> None:
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(40)])
+    batches = await asyncio.gather(
+        *(storage.claim(ClaimRequest("srv", ["default"], 4)) for _ in range(10))
+    )  # one on the lane, the others on the pool
+    leases = [lease for batch in batches for lease in batch]
+    assert len({lease.job_id for lease in leases}) == 40
+    replies = await asyncio.gather(
+        *(storage.finish([Outcome.succeed(lease, {"i": n}, ttl=60)]) for n, lease in
+          enumerate(leases))
+    )  # fmt: skip
+    assert replies == [[True]] * 40
+    assert await storage.count(state=JobState.SUCCEEDED) == 40
+
+
+async def test_closing_the_storage_closes_its_lanes(storage: PostgresStorage) -> None:
+    await storage.enqueue(Job("m"))
+    (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))
+    await storage.finish([Outcome.succeed(lease, None, ttl=60)])
+    conns = [lane._conn for lane in storage._lanes.values()]
+    assert len(conns) == 2
+    await storage.close()
+    assert all(c is not None and c.is_closed() for c in conns)

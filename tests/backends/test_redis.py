@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,9 @@ from qml.errors import (
 from qml.job import Job, JobState
 from qml.serialization import CorruptPayload
 from qml.storage.redis import RedisConfig, RedisStorage
+from qml.storage.redis.codec import JOB_FIELDS
 from qml.storage.redis.keys import LAYOUT, RedisKeys, lua_prelude
-from qml.storage.redis.scripts import NAMES, SCRIPTS
+from qml.storage.redis.scripts import NAMES, SCRIPTS, executor
 from qml.storage.requests import (
     ClaimRequest,
     ErrorInfo,
@@ -644,6 +646,28 @@ async def test_a_large_batch_is_all_or_none(open_storage: OpenStorage) -> None:
     assert await storage.count(state=JobState.ENQUEUED) == 5001
 
 
+async def test_enqueues_share_the_lane_safely(open_storage: OpenStorage) -> None:
+    storage = await open_storage()
+    first = await storage.enqueue(Job("m"))
+    ids = await asyncio.gather(*(storage.enqueue(Job("m", {"i": i})) for i in range(50)))
+    assert len(set(ids)) == 50  # concurrent callers: one on the lane, the others on the pool
+    # A call cancelled while its reply is in flight must not leave that reply to the
+    # next caller: the duplicate below has to read its own refusal.
+    batch = [Job("m", {"i": i}) for i in range(20_000)]
+    big = asyncio.create_task(storage.enqueue_many(batch))
+    while storage._lane is None or not storage._lane.busy:  # wait until it is sent
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.005)  # Redis is still storing the batch: the reply is pending
+    big.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await big
+    with pytest.raises(DuplicateJobError):
+        await storage.enqueue(Job("m", id=first))
+    last = await storage.enqueue(Job("m", {"last": True}))
+    assert (await storage.get_job(last)).args == {"last": True}
+    assert await storage.count() in (52, 20_052)
+
+
 async def test_corrupt_arguments_come_back_as_a_marker(open_storage: OpenStorage) -> None:
     storage = await open_storage()
     job_id = await storage.enqueue(Job("m", {"ok": True}))
@@ -653,3 +677,104 @@ async def test_corrupt_arguments_come_back_as_a_marker(open_storage: OpenStorage
     assert isinstance(job.args, CorruptPayload)
     lease = (await storage.claim(ClaimRequest("s", ["default"], 1)))[0]
     assert isinstance(lease.job.args, CorruptPayload)
+
+
+async def _lane_client_id(storage: RedisStorage, name: str) -> int:
+    conn = storage._lanes[name]._conn
+    assert conn is not None
+    await conn.send_command("CLIENT", "ID")
+    return int(await conn.read_response())
+
+
+async def test_claim_and_finish_lanes_reconnect_after_a_cut(open_storage: OpenStorage) -> None:
+    storage = await open_storage()
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(3)])
+    (lease,) = await storage.claim(ClaimRequest("s", ["default"], 1))
+    assert await storage.finish([Outcome.succeed(lease, {"r": 0}, ttl=60)]) == [True]
+    client = await storage._c()
+    for name in ("claim", "finish"):  # the server closes both idle lane connections
+        killed = await executor(client)(
+            "CLIENT", "KILL", "ID", await _lane_client_id(storage, name)
+        )
+        assert killed == 1
+    for name in ("claim", "finish"):
+        conn = storage._lanes[name]._conn
+        assert conn is not None
+        reader = getattr(conn, "_reader", None)
+        deadline = time.monotonic() + 10  # safety net: the close reaches the client
+        while reader is not None and not reader.at_eof() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    # The first calls after the cut succeed on fresh connections.
+    (lease,) = await storage.claim(ClaimRequest("s", ["default"], 1))
+    assert lease.job.state is JobState.PROCESSING and lease.job.attempts == 1
+    assert await storage.finish([Outcome.succeed(lease, {"r": 1}, ttl=60)]) == [True]
+    assert (await storage.get_job(lease.job_id)).result == {"r": 1}
+    # A lane connection closed on this side connects again on the next call.
+    await storage._lanes["claim"]._connection().disconnect()
+    (lease,) = await storage.claim(ClaimRequest("s", ["default"], 1))
+    assert await storage.count(state=JobState.PROCESSING) == 1
+
+
+async def test_a_claim_cancelled_mid_call_leaves_no_reply_behind(
+    open_storage: OpenStorage,
+) -> None:
+    storage = await open_storage()
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(6000)])
+    (first,) = await storage.claim(ClaimRequest("s", ["default"], 1))  # opens the lane
+    big = asyncio.create_task(storage.claim(ClaimRequest("s", ["default"], 5000)))
+    while not storage._lanes["claim"].busy:  # wait until it is sent
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.005)  # Redis is still claiming: the reply is pending
+    big.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await big
+    # The next calls on the lanes read their own replies, not the cancelled one's.
+    leases = await storage.claim(ClaimRequest("s", ["default"], 2))
+    assert len(leases) == 2 and all(lease.job.method == "m" for lease in leases)
+    assert {lease.job_id for lease in leases}.isdisjoint({first.job_id})
+    outcomes = [Outcome.succeed(lease, None, ttl=60) for lease in (first, *leases)]
+    assert await storage.finish(outcomes) == [True, True, True]
+    assert await storage.count(state=JobState.SUCCEEDED) == 3
+    processing = await storage.count(state=JobState.PROCESSING)
+    assert processing in (0, 5000)  # the cancelled claim landed whole or not at all
+    assert processing + await storage.count(state=JobState.ENQUEUED) == 5997
+
+
+async def test_concurrent_claims_and_finishes_share_the_lanes(open_storage: OpenStorage) -> None:
+    storage = await open_storage()
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(40)])
+    batches = await asyncio.gather(
+        *(storage.claim(ClaimRequest("s", ["default"], 4)) for _ in range(10))
+    )  # one on the lane, the others on the pool
+    leases = [lease for batch in batches for lease in batch]
+    assert len({lease.job_id for lease in leases}) == 40
+    replies = await asyncio.gather(
+        *(storage.finish([Outcome.succeed(lease, {"i": n}, ttl=60)]) for n, lease in
+          enumerate(leases))
+    )  # fmt: skip
+    assert replies == [[True]] * 40
+    assert await storage.count(state=JobState.SUCCEEDED) == 40
+
+
+def test_claim_script_returns_the_fields_the_codec_reads() -> None:
+    source = (SCRIPT_DIR / "claim.lua").read_text()
+    listed = source[source.index("local FIELDS = {") : source.index("}", source.index("FIELDS"))]
+    fields = tuple(f.encode() for f in re.findall(r"'([a-z_]+)'", listed))
+    assert fields == JOB_FIELDS
+
+
+def test_a_forked_child_knows_its_own_pid_for_the_lanes() -> None:
+    from qml.storage.redis import lane
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"1" if lane._PID[0] == os.getpid() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert lane._PID[0] == os.getpid()

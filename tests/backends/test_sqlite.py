@@ -379,6 +379,31 @@ async def test_driver_errors_are_translated(storage: SqliteStorage) -> None:
     assert isinstance(info.value.__cause__, sqlite3.Error)
 
 
+async def test_a_call_cancelled_before_it_starts_never_runs(storage: SqliteStorage) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> str:
+        started.set()
+        release.wait(30)
+        return "held"
+
+    ran: list[str] = []
+    busy = asyncio.create_task(storage._db.run(hold))  # occupies the connection thread
+    await asyncio.to_thread(started.wait, 30)
+    queued = asyncio.create_task(storage._db.run(lambda conn: ran.append("queued")))
+    await asyncio.sleep(0)  # submitted, waiting behind `hold`
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    release.set()
+    assert await busy == "held"
+    assert await storage._db.run(lambda conn: "next") == "next"
+    assert ran == []
+    with pytest.raises(StorageError):  # errors still travel back from the thread
+        await storage._db.run(lambda conn: conn.execute("SELECT * FROM no_such_table"))
+
+
 async def test_unicode_text_search_is_case_insensitive(storage: SqliteStorage) -> None:
     hit = await storage.enqueue(Job("m", {"city": "ÉCOLE Zürich"}))
     await storage.enqueue(Job("m", {"city": "Paris"}))

@@ -88,3 +88,67 @@ async def hog(ctx: WorkerContext, seconds: float) -> str:
         time.sleep(0.1)  # noqa: ASYNC251 (blocks the loop on purpose)
     audit(ctx, "end", status="ok")
     return "done"
+
+
+# ------------------------------------------------------------ retries, poison, deploys
+import signal  # noqa: E402
+
+from qml import RetryPolicy  # noqa: E402
+
+#: The retry policy of ``flaky``: four retries, 0.5 s doubling, ±10 % jitter.
+FLAKY_POLICY = RetryPolicy(max_retries=4, base_delay=0.5, factor=2.0, jitter=0.1)
+
+
+@registry.job("flaky", retry_policy=FLAKY_POLICY)
+async def flaky(ctx: WorkerContext, k: int, ms: float = 0) -> str:
+    """Runs ``ms`` milliseconds, then fails if this is one of its first ``k``
+    counted attempts (attempts that ended with an outcome, not in a crash of
+    their process); succeeds after that."""
+    audit(ctx, "start")
+    await asyncio.sleep(ms / 1000)
+    if ctx.attempt - ctx.job.crashes <= k:
+        audit(ctx, "end", status="fail")
+        raise RuntimeError(f"failing on purpose ({k} time(s) in all)")
+    audit(ctx, "end", status="ok")
+    return "done"
+
+
+@registry.job("poison")
+async def poison(ctx: WorkerContext, how: str) -> str:
+    """Kills its own process: ``exit`` (``os._exit(137)``) or ``kill`` (SIGKILL)."""
+    audit(ctx, "start")
+    if how == "exit":
+        os._exit(137)
+    os.kill(os.getpid(), signal.SIGKILL)
+    await asyncio.sleep(60)  # never reached: the signal ends the process
+    return "survived"
+
+
+#: The registry of a newer release: everything of ``registry`` plus ``next_only``.
+registry_next = WorkerRegistry()
+for _method in registry.methods:
+    registry_next.register(registry.get(_method))
+
+
+@registry_next.job("next_only")
+async def next_only(ctx: WorkerContext, ms: float) -> str:
+    """A method only the newer release knows."""
+    audit(ctx, "start")
+    await asyncio.sleep(ms / 1000)
+    audit(ctx, "end", status="ok")
+    return "done"
+
+
+@registry.job("gil_hog")
+async def gil_hog(ctx: WorkerContext, seconds: float) -> str:
+    """Keeps the event loop and the GIL busy for ``seconds``: back-to-back sorts
+    of a large list, each holding the GIL for a burst (a C call with no switch)."""
+    import random
+
+    audit(ctx, "start")
+    data = [random.random() for _ in range(500_000)]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sorted(data)
+    audit(ctx, "end", status="ok")
+    return "done"

@@ -104,8 +104,11 @@ async def test_paused_holder_is_fenced(store: tuple[str, str, Storage], tmp_path
     for job_id in ids:
         first, second = (e for e in execs if e.job_id == job_id)
         assert first.pid == zombie.pid, first
-        if job_id == steps_id:  # stopped by the refused heartbeat
-            assert first.status in ("stopped:lease_lost", "cancelled:lease_lost"), first
+        if job_id == steps_id:
+            # Stopped on resuming, by its own server: the lease's end passed
+            # during the pause (lease_expired), or a renewal was refused first.
+            stops = ("stopped:lease_expired", "cancelled:lease_expired")
+            assert first.status in (*stops, "stopped:lease_lost", "cancelled:lease_lost"), first
         assert second.pid == other_pid and second.status == "ok"
         assert second.token != first.token and second.attempt == first.attempt + 1
         assert second.start >= paused_at + LEASE  # recovery follows the lease
@@ -113,4 +116,5 @@ async def test_paused_holder_is_fenced(store: tuple[str, str, Storage], tmp_path
         assert job.state is JobState.SUCCEEDED and job.attempts == second.attempt
         finals = [h for h in job.history if h.state in (JobState.SUCCEEDED, JobState.FAILED)]
         assert len(finals) == 1, job.history
-    assert "lease lost" in (tmp_path / "zombie.log").read_text()
+    log = (tmp_path / "zombie.log").read_text()
+    assert "lease lost" in log or "lease not renewed in time" in log, log

@@ -171,3 +171,35 @@ def test_bench_reports_every_workload(tmp_path: Path) -> None:
     ).stdout
     assert "2 process(es)" in out
     assert "W2 drain" in out
+
+
+def test_a_stop_signal_while_the_app_loads_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM before the server starts (while the app is imported) ends the
+    worker with exit 0 and without taking a job."""
+    import signal
+    import time
+
+    marker = tmp_path / "loading"
+    db = tmp_path / "early.db"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["QML_TEST_MARKER"] = str(marker)
+    qml("enqueue", "noop", url=f"sqlite:///{db}", check=True)
+    app = "tests.cli.slow_app:registry"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qml", "worker", app, "--storage", f"sqlite:///{db}"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the app did not load"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM before starting: exiting" in err
+    jobs = json.loads(qml("jobs", "list", "--json", url=f"sqlite:///{db}", check=True).stdout)
+    assert [j["state"] for j in jobs] == ["enqueued"]

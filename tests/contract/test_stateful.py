@@ -44,7 +44,7 @@ T = TypeVar("T")
 P, S, R = JobState.PROCESSING, JobState.SCHEDULED, JobState.AWAITING_RETRY
 OK, F, D = JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED
 LEASE = 30.5
-MAX_CRASHES = 2
+MAX_CRASHES = 3
 FAILED_TTL = 50.5
 KINDS = ("succeed", "fail", "retry", "release", "release_later")
 
@@ -257,8 +257,8 @@ class StorageMachine(RuleBasedStateMachine):
             job.crashes += 1
             if job.crashes >= MAX_CRASHES:
                 job.state, job.expires_at = F, self.now + sec(FAILED_TTL)
-            elif backoff > 0:
-                job.state, job.run_at = R, self.now + sec(backoff * 2 ** (job.crashes - 1))
+            elif job.crashes > 1 and backoff > 0:  # a first crash goes straight back
+                job.state, job.run_at = R, self.now + sec(backoff * 2 ** (job.crashes - 2))
             else:
                 job.state = E
 

@@ -99,9 +99,15 @@ async def test_crash_backoff_goes_through_awaiting_retry(
         return "ok"
 
     job_id = await work.enqueue()
+    # a first crash sends the job straight back to the queue; a repeated one backs off
+    await seed_crash(memory)
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert await memory.recover_expired(RecoverRequest(now=later)) == [job_id]
     await seed_crash(memory)
     async with serving(fast_config(crash_backoff=0.01), memory, registry):
         job = await wait_for_state(memory, job_id, OK)
+    assert job.crashes == 2
+    assert (E.label, "lease_expired") in reasons(job)
     assert (R.label, "lease_expired") in reasons(job)
 
 
@@ -342,6 +348,10 @@ class SlowRenewStorage(MemoryStorage):
         self.held_renewal = asyncio.Event()
         self.go = asyncio.Event()
         self.renewed_after_hold = asyncio.Event()
+
+    def sibling(self) -> None:
+        """Its events belong to the test's loop: the server renews on that loop."""
+        return None
 
     async def _extend_leases(
         self, leases: Sequence[tuple[str, str]], lease_seconds: float, now: datetime | None

@@ -116,6 +116,40 @@ async def test_heartbeat_errors_do_not_end_renewals() -> None:
         await wait_for_state(storage, job_id, OK)
 
 
+async def test_a_job_whose_lease_cannot_be_renewed_is_stopped_before_it_ends() -> None:
+    """Storage unreachable for renewals: when the lease may have ended (and
+    another server may take the job) the holder stops the job and writes no
+    outcome for it; the job is recovered and runs again."""
+    storage = FlakyStorage()
+    registry = WorkerRegistry(storage)
+    runs: list[str | None] = []
+    first = asyncio.Event()
+
+    @registry.job("long")
+    async def long(ctx: WorkerContext) -> str:
+        if not runs:
+            runs.append(None)
+            first.set()
+            try:
+                await asyncio.sleep(60)
+            finally:
+                runs[0] = ctx.cancelled.reason
+        runs.append("again")
+        return "done"
+
+    job_id = await long.enqueue()
+    config = fast_config(lease_seconds=1.0, heartbeat_interval=0.05, scheduler_interval=0.05)
+    storage.fail_extends = [StorageUnavailableError("down")] * 10_000
+    async with serving(config, storage, registry) as server:
+        await asyncio.wait_for(first.wait(), WAIT)
+        await wait_until(lambda: runs[0] is not None, "the job to be stopped")
+        storage.fail_extends = []
+        job = await wait_for_state(storage, job_id, OK)
+        assert server.leases_lost == 1
+    assert runs == ["lease_expired", "again"]
+    assert job.attempts == 2 and job.crashes == 1
+
+
 async def test_wake_up_errors_fall_back_to_polling() -> None:
     storage = FlakyStorage()
     registry = WorkerRegistry(storage)

@@ -145,6 +145,11 @@ def worker_cmd(
         argv = list(sys.argv[1:])
         code = Supervisor(argv, processes, name or default_server_name()).run()
         sys.exit(code)
+    # A stop signal that arrives while the app loads or storage opens ends the
+    # worker cleanly (exit 0) before it takes any job.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     registry = load_app(app)
     try:
         config = ServerConfig(
@@ -165,15 +170,16 @@ def worker_cmd(
         fail(str(exc), EXIT_USAGE)
 
     async def body() -> None:
-        storage = await open_storage(storage_url)
-        registry.storage = registry.storage or storage
-        server = BackgroundJobServer(config, storage, registry, burst=burst)
         loop = asyncio.get_running_loop()
         signals = 0
         stop_tasks: list[asyncio.Task[None]] = []
+        server: BackgroundJobServer | None = None
 
         def on_signal(signum: int) -> None:
             nonlocal signals
+            if server is None:
+                early.append(signum)
+                return
             signals += 1
             force = signals > 1
             log.warning(
@@ -187,6 +193,14 @@ def worker_cmd(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        storage = None if early else await open_storage(storage_url)
+        if early or storage is None:
+            if storage is not None:
+                await storage.close()
+            log.warning("received %s before starting: exiting", signal.Signals(early[0]).name)
+            return
+        registry.storage = registry.storage or storage
+        server = BackgroundJobServer(config, storage, registry, burst=burst)
         log.info(
             "qml worker %s: %d job(s) registered, storage %s, %d slot(s), queues %s%s",
             config.server_name,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -18,6 +19,7 @@ from ..job import JobState
 from ..storage.base import Storage
 from ..storage.requests import (
     ClaimRequest,
+    HeartbeatReply,
     Lease,
     MisfirePolicy,
     Outcome,
@@ -25,6 +27,7 @@ from ..storage.requests import (
     RecurringTemplate,
 )
 from ..worker import WorkerContext, WorkerRegistry
+from .leases import Held, LeaseKeeper
 from .pool import DaemonThreadPool
 from .processor import JobProcessor
 from .recurring import RecurringJobPoller
@@ -49,6 +52,16 @@ class Slot:
     @property
     def job_id(self) -> str:
         return self.lease.job.id
+
+    @property
+    def token(self) -> str:
+        return self.lease.token
+
+    def renewal_requested(self) -> bool:
+        return self.ctx.heartbeat_requested.is_set()
+
+    def clear_renewal_request(self) -> None:
+        self.ctx.heartbeat_requested.clear()
 
 
 class BackgroundJobServer:
@@ -91,6 +104,7 @@ class BackgroundJobServer:
         self.processed = {k: 0 for k in OutcomeKind}
         self.leases_lost = 0
         self._burst_stop: asyncio.Task[None] | None = None
+        self._keeper: LeaseKeeper | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -131,8 +145,23 @@ class BackgroundJobServer:
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="qml-fetch"),
             asyncio.create_task(self._flush_loop(), name="qml-flush"),
-            asyncio.create_task(self._heartbeat_loop(), name="qml-heartbeat"),
+            asyncio.create_task(self._expiry_loop(), name="qml-lease-expiry"),
         ]
+        sibling = self.storage.sibling()
+        if sibling is None:  # renew on this loop
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="qml-heartbeat"))
+        else:
+            self._keeper = LeaseKeeper(
+                sibling,
+                owned=sibling is not self.storage,
+                interval=cfg.effective_heartbeat_interval,
+                lease_seconds=cfg.lease_seconds,
+                snapshot=self._renewable,
+                apply=self._apply_renewal,
+                loop=asyncio.get_running_loop(),
+                name=f"qml-leases-{self.name}",
+            )
+            self._keeper.start()
         self._start_done.set()
         log.info(
             "server %s started: %d slots, queues %s, storage %s",
@@ -205,6 +234,8 @@ class BackgroundJobServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._keeper is not None:
+            await self._keeper.stop()
         for svc in self._services:
             await svc.stop()
         with contextlib.suppress(StorageError):
@@ -317,6 +348,7 @@ class BackgroundJobServer:
                 self._slot_freed.clear()
                 continue
             want = min(free, cfg.fetch_batch_size)
+            sent = time.monotonic()  # the leases cannot end before sent + lease_seconds
             try:
                 leases = await self.storage.claim(
                     ClaimRequest(cfg.server_name, cfg.queues, want, cfg.lease_seconds)
@@ -325,22 +357,25 @@ class BackgroundJobServer:
                 if leases:
                     faults.point("job.claimed")
             except Exception as exc:
+                unreachable = isinstance(exc, StorageError)
                 log.warning(
                     "claim failed (%s); retrying in %.1f s",
                     exc,
                     backoff,
-                    exc_info=not isinstance(exc, StorageError),  # a bug: show where
+                    exc_info=not unreachable,  # a bug: show where
                     extra={"action": "claim_error"},
                 )
                 await self._sleep(backoff)
-                backoff = min(5.0, backoff * 2)
+                # Storage trouble: look again every second at most, to resume soon
+                # after it is back; a bug: back off further.
+                backoff = min(1.0 if unreachable else 5.0, backoff * 2)
                 continue
             if self._stop_event.is_set():  # stop began while the claim was on the wire
                 if leases:
                     await self._release_unstarted(leases)
                 return
             for lease in leases:
-                self._start_slot(lease)
+                self._start_slot(lease, sent)
             if len(leases) < want:
                 if self.burst and not leases and await self._burst_finished():
                     self._burst_stop = asyncio.create_task(self.stop())
@@ -394,9 +429,9 @@ class BackgroundJobServer:
             await self._sleep(self.config.polling_interval)
 
     # ------------------------------------------------------------------ running
-    def _start_slot(self, lease: Lease) -> None:
+    def _start_slot(self, lease: Lease, claimed: float) -> None:
         ctx = WorkerContext(lease.job, server_id=self.name)
-        slot = Slot(lease, ctx, time.monotonic() + self.config.lease_seconds)
+        slot = Slot(lease, ctx, claimed + self.config.lease_seconds)
         self._held[slot.job_id] = slot
         self._running.add(slot)
         slot.task = asyncio.create_task(self._run_slot(slot), name=f"qml-job-{slot.job_id}")
@@ -529,13 +564,20 @@ class BackgroundJobServer:
                 )
 
     # ------------------------------------------------------------------ heartbeats
+    # Leases are renewed by a LeaseKeeper on a thread of its own (see leases.py),
+    # or on this loop when the storage offers no sibling for another loop.
+    def _renewable(self) -> list[Slot]:
+        """The held jobs to renew (called from the keeper's thread: a copy of the
+        dict is taken in one step)."""
+        return [s for s in self._held.copy().values() if not s.lost]
+
     async def _heartbeat_loop(self) -> None:
         interval = self.config.effective_heartbeat_interval
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(interval, 0.5))
             now = time.monotonic()
-            requested = any(s.ctx.heartbeat_requested.is_set() for s in self._held.values())
+            requested = any(s.renewal_requested() for s in self._held.values())
             if now - last < interval and not requested:
                 continue
             last = now
@@ -547,12 +589,13 @@ class BackgroundJobServer:
                 log.exception("lease renewal failed", extra={"action": "heartbeat_error"})
 
     async def renew_leases(self) -> None:
-        """Extend every held lease in one round trip; act on lost ones and cancellations."""
-        slots = [s for s in self._held.values() if not s.lost]
+        """Extend every held lease in one round trip now; act on lost ones and
+        cancellations."""
+        slots = self._renewable()
         if not slots:
             return
         for s in slots:
-            s.ctx.heartbeat_requested.clear()
+            s.clear_renewal_request()
         sent = time.monotonic()
         try:
             replies = await self.storage.extend_leases(
@@ -563,7 +606,14 @@ class BackgroundJobServer:
                 "lease renewal failed (%s); retrying", exc, extra={"action": "heartbeat_error"}
             )
             return
-        for slot, reply in zip(slots, replies, strict=True):
+        self._apply_renewal(slots, replies, sent)
+
+    def _apply_renewal(
+        self, held: Sequence[Held], replies: list[HeartbeatReply], sent: float
+    ) -> None:
+        """Act on renewal replies (on the server's loop)."""
+        for slot, reply in zip(held, replies, strict=True):
+            assert isinstance(slot, Slot)
             if self._held.get(slot.job_id) is not slot:
                 continue  # its outcome was recorded while the renewal was on the wire
             if not reply.held:
@@ -578,15 +628,39 @@ class BackgroundJobServer:
                         self.config.cancel_grace, self._hard_cancel, slot
                     )
 
-    def _lose(self, slot: Slot) -> None:
+    async def _expiry_loop(self) -> None:
+        """Stop running jobs whose lease may have ended unrenewed (the storage
+        could not be reached): past that moment another server may run them.
+
+        A slot's deadline counts from when its claim or last successful
+        renewal was *sent*, so it falls before the storage's own expiry; the
+        job is stopped a little earlier still (5 % of the lease, at most 1 s).
+        """
+        margin = min(1.0, self.config.lease_seconds * 0.05)
+        tick = min(0.25, self.config.effective_heartbeat_interval / 2)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for slot in [s for s in self._running if not s.lost and s.deadline - margin <= now]:
+                self._lose(slot, expired=True)
+
+    def _lose(self, slot: Slot, *, expired: bool = False) -> None:
         slot.lost = True
         self.leases_lost += 1
-        slot.ctx.cancelled.set("lease_lost")
-        log.warning(
-            "job %s: lease lost (another server may run it); stopping it",
-            slot.job_id,
-            extra={"action": "lease_lost", "job_id": slot.job_id},
-        )
+        slot.ctx.cancelled.set("lease_expired" if expired else "lease_lost")
+        if expired:
+            log.warning(
+                "job %s: lease not renewed in time (process paused or storage unreachable);"
+                " stopping it, another server may run it",
+                slot.job_id,
+                extra={"action": "lease_expired", "job_id": slot.job_id},
+            )
+        else:
+            log.warning(
+                "job %s: lease lost (another server may run it); stopping it",
+                slot.job_id,
+                extra={"action": "lease_lost", "job_id": slot.job_id},
+            )
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
         self._held.pop(slot.job_id, None)

@@ -7,6 +7,8 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 
+from ..errors import StorageError
+
 log = logging.getLogger("qml.server")
 
 
@@ -42,7 +44,14 @@ class PeriodicService(ABC):
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except StorageError as exc:  # storage unreachable: one line, no traceback
+                log.warning(
+                    "%s tick failed (%s); retrying next tick",
+                    self.name,
+                    exc,
+                    extra={"action": f"{self.name}_error"},
+                )
+            except Exception:  # a bug: show where
                 log.exception(
                     "%s tick failed; retrying next tick",
                     self.name,

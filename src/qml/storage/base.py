@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -61,7 +61,10 @@ CAP_STORAGE_CLOCK = "storage_clock"  # times come from the server, not the clien
 
 
 def _check_name(kind: str, value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+    if type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH:
+        if "\x00" not in value and "\r" not in value and "\n" not in value:
+            return value
+    elif not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
         raise ConfigurationError(
             f"job {kind} must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
         )
@@ -108,6 +111,18 @@ class Storage(ABC):
     ) -> None:
         await self.close()
 
+    def sibling(self) -> Storage | None:
+        """A storage over the same jobs that another thread's event loop may use
+        (the server renews leases from a thread of its own, so a job that blocks
+        the server's loop keeps its lease).
+
+        ``self`` when this object may be called from any event loop; a new,
+        unopened object with connections of its own when its connections belong
+        to one loop (the caller opens and closes it); None when the backend
+        cannot tell (renewals then run on the server's loop).
+        """
+        return None
+
     def now(self, now: datetime | None = None) -> datetime:
         """``now`` if given, else the injected clock (client-side backends)."""
         return ensure_aware(now) if now is not None else self.clock.now()
@@ -144,33 +159,37 @@ class Storage(ABC):
         if job.dedup_key is not None:
             _check_name("dedup_key", job.dedup_key)
         payload = check_payload(job.args, self.max_payload_bytes)
-        try:
-            check_payload(job.meta, self.max_payload_bytes)
-        except SerializationError as exc:
-            raise SerializationError(f"job meta: {exc}") from exc
-        created = self.now(now)
-        run_at = ensure_aware(job.run_at) if job.run_at is not None else None
-        state = JobState.SCHEDULED if run_at is not None and run_at > created else JobState.ENQUEUED
+        if job.meta or type(job.meta) is not dict:  # an empty dict needs no check
+            try:
+                check_payload(job.meta, self.max_payload_bytes)
+            except SerializationError as exc:
+                raise SerializationError(f"job meta: {exc}") from exc
+        created = now if now is not None and now.tzinfo is UTC else self.now(now)
+        run_at = job.run_at
+        if run_at is None:
+            state, reason, enqueued_at = JobState.ENQUEUED, "enqueued", created
+        else:
+            run_at = ensure_aware(run_at)
+            if run_at > created:
+                state, reason, enqueued_at = JobState.SCHEDULED, "scheduled", None
+            else:
+                state, reason, enqueued_at = JobState.ENQUEUED, "enqueued", created
         clean = Job(
-            method=job.method,
-            args=job.args,
-            queue=job.queue,
-            priority=job.priority,
-            max_retries=job.max_retries,
-            run_at=run_at,
-            timeout=job.timeout,
-            dedup_key=job.dedup_key,
-            meta=dict(job.meta),
-            id=job.id,
-            state=state,
+            job.method,
+            job.args,
+            job.queue,
+            job.priority,
+            job.max_retries,
+            run_at,
+            job.timeout,
+            job.dedup_key,
+            dict(job.meta),
+            job.id,
+            state,
             created_at=created,
             updated_at=created,
-            enqueued_at=created if state is JobState.ENQUEUED else None,
-            history=[
-                StateChange(
-                    state, created, "enqueued" if state is JobState.ENQUEUED else "scheduled"
-                )
-            ],
+            enqueued_at=enqueued_at,
+            history=[StateChange(state, created, reason)],
         )
         return clean, payload
 
@@ -181,7 +200,12 @@ class Storage(ABC):
         ``connection`` (backends with ``transactional_enqueue``) enqueues inside
         the caller's open transaction.
         """
-        return (await self.enqueue_many([job], connection=connection))[0]
+        if connection is not None and CAP_TRANSACTIONAL_ENQUEUE not in self.capabilities:
+            raise ConfigurationError(
+                f"{self.backend_name} storage does not enqueue inside a caller's transaction"
+            )
+        clean, payload = self.prepare(job, self.clock.now())
+        return (await self._enqueue([clean], [payload], connection))[0]
 
     async def enqueue_many(self, jobs: Iterable[Job], *, connection: Any = None) -> list[str]:
         """Store many jobs in one round trip, all or none; return their ids."""
@@ -189,7 +213,9 @@ class Storage(ABC):
             raise ConfigurationError(
                 f"{self.backend_name} storage does not enqueue inside a caller's transaction"
             )
-        now = None if CAP_STORAGE_CLOCK in self.capabilities else self.clock.now()
+        # One reading of the clock for the whole batch (on storage-clock backends it
+        # only shapes the returned copies; the storage stamps its own time).
+        now = self.clock.now()
         prepared = [self.prepare(j, now) for j in jobs]
         if not prepared:
             return []

@@ -21,7 +21,7 @@ from ..clock import Clock, from_epoch
 from ..errors import DuplicateJobError, SerializationError
 from ..job import Job, JobState, StateChange
 from ..serialization import CorruptPayload, loads
-from ..states import WORKER_CRASHED
+from ..states import LEASE_EXPIRED, WORKER_CRASHED
 from .base import Storage
 from .requests import (
     ClaimRequest,
@@ -113,6 +113,10 @@ class MemoryStorage(Storage):
         self._paused: set[str] = set()
         self._waiters = _Waiters()
 
+    def sibling(self) -> MemoryStorage | None:
+        """This object: its operations hold a thread lock and touch no event loop."""
+        return self
+
     # ------------------------------------------------------------------ internals
     def _count(self, queue: str, state: JobState, delta: int) -> None:
         key = (queue, state)
@@ -129,6 +133,7 @@ class MemoryStorage(Storage):
         now: datetime,
         reason: str | None,
         server_id: str | None = None,
+        keep_place: bool = False,
     ) -> None:
         self._count(job.queue, job.state, -1)
         self._count(job.queue, state, +1)
@@ -136,7 +141,8 @@ class MemoryStorage(Storage):
         job.updated_at = now
         job.history.append(StateChange(state, now, reason, server_id, job.attempts))
         if state is E:
-            job.enqueued_at = now
+            if not keep_place or job.enqueued_at is None:
+                job.enqueued_at = now
             self._push_ready(job)
         elif state is S or state is R:
             assert job.run_at is not None
@@ -182,12 +188,19 @@ class MemoryStorage(Storage):
     # ------------------------------------------------------------------ hooks
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
         with self._lock:
-            keys = [j.dedup_key for j in jobs if j.dedup_key is not None]
-            if len(set(keys)) != len(keys) or any(k in self._dedup for k in keys):
-                raise DuplicateJobError("a job with this dedup_key already exists")
-            ids = [j.id for j in jobs]  # checked before any write: the batch is all or none
-            if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
-                raise DuplicateJobError("a job with this id already exists")
+            if len(jobs) == 1:  # the common case, without the batch's set arithmetic
+                key = jobs[0].dedup_key
+                if key is not None and key in self._dedup:
+                    raise DuplicateJobError("a job with this dedup_key already exists")
+                if jobs[0].id in self._jobs:
+                    raise DuplicateJobError("a job with this id already exists")
+            else:
+                keys = [j.dedup_key for j in jobs if j.dedup_key is not None]
+                if len(set(keys)) != len(keys) or any(k in self._dedup for k in keys):
+                    raise DuplicateJobError("a job with this dedup_key already exists")
+                ids = [j.id for j in jobs]  # checked before any write: all or none
+                if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
+                    raise DuplicateJobError("a job with this id already exists")
             for job, payload in zip(jobs, payloads, strict=True):
                 if job.dedup_key is not None:
                     self._dedup[job.dedup_key] = (job.id, job.created_at.timestamp())
@@ -305,12 +318,13 @@ class MemoryStorage(Storage):
                     self._add_minute(now, 1)
                     self._set_state(job, JobState.FAILED, now, WORKER_CRASHED, server)
                 else:
-                    delay = request.crash_backoff * 2 ** (job.crashes - 1)
+                    # back in its place (enqueued_at kept), at once or after a backoff
+                    delay = request.crash_delay(job.crashes)
                     if delay > 0:
                         job.run_at = now + timedelta(seconds=delay)
-                        self._set_state(job, R, now, "lease_expired", server)
+                        self._set_state(job, R, now, LEASE_EXPIRED, server)
                     else:
-                        self._set_state(job, E, now, "lease_expired", server)
+                        self._set_state(job, E, now, LEASE_EXPIRED, server, keep_place=True)
                 out.append(job.id)
         if out:
             self._waiters.wake_all()
@@ -328,7 +342,9 @@ class MemoryStorage(Storage):
                     continue
                 if job.run_at.timestamp() > ts:  # rescheduled later; its own entry exists
                     continue
-                self._set_state(job, E, at, "due")
+                # a job waiting out a crash backoff returns to the place it had
+                crashed = job.state is R and job.history[-1].reason == LEASE_EXPIRED
+                self._set_state(job, E, at, "due", keep_place=crashed)
                 n += 1
         if n:
             self._waiters.wake_all()

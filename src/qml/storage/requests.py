@@ -157,8 +157,15 @@ class RecoverRequest:
 
     Each recovery counts a crash. The ``max_crashes``-th crash quarantines the
     job to Failed (reason ``worker_crashed``, expiring ``failed_ttl`` seconds
-    later). Otherwise the job waits ``crash_backoff * 2 ** (crashes - 1)``
-    seconds in AwaitingRetry (or goes straight to Enqueued when that is 0).
+    later). Otherwise the job waits :meth:`crash_delay` seconds in
+    AwaitingRetry, or goes straight to Enqueued when that is 0: always for a
+    first crash (a job whose holder died is not suspect; finding the death
+    already took a whole lease), while repeated crashes back off
+    exponentially so a job that kills its workers cannot hot-loop.
+
+    Either way the job keeps its place in its queue: it keeps the
+    ``enqueued_at`` it had when it was claimed, so it is claimed again before
+    the jobs of its priority enqueued after it.
     """
 
     now: datetime | None = None
@@ -166,6 +173,13 @@ class RecoverRequest:
     max_crashes: int = 3
     crash_backoff: float = 1.0
     failed_ttl: float = 7 * 86400.0
+
+    def crash_delay(self, crashes: int) -> float:
+        """Seconds a job waits after its ``crashes``-th crash: 0 for the first,
+        then ``crash_backoff * 2 ** (crashes - 2)``."""
+        if crashes <= 1:
+            return 0.0
+        return self.crash_backoff * 2.0 ** (crashes - 2)
 
 
 @dataclass(frozen=True, slots=True)

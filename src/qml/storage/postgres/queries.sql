@@ -6,27 +6,34 @@
 -- Parameters named "now" fall back to the database clock: coalesce($n, now()).
 
 -- name: enqueue
--- Insert jobs (arrays, one element per job) and their dedup keys in one statement:
--- a used key or id raises a unique violation and nothing is written. Times come
--- from the database clock (one timestamp for the whole batch), and so does the
--- choice between Enqueued and Scheduled.
+-- Insert jobs and their dedup keys in one statement: a used key or id raises a
+-- unique violation and nothing is written. $1 is one JSON array with an object
+-- per job (rows.enqueue_json): a single parameter costs the client far less to
+-- encode than one array per column, and the arguments arrive as the exact JSON
+-- text the client encoded (a JSON null argument comes out of json_to_recordset
+-- as SQL NULL, hence the coalesce). Times come from the database clock (one
+-- timestamp for the whole batch), and so does the choice between Enqueued and
+-- Scheduled; the first history entry is therefore built once per statement.
 WITH t AS (
-    SELECT statement_timestamp() AS at
+    SELECT at,
+           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
+           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
+    FROM (SELECT statement_timestamp() AS at) AS clock
 ), src AS (
     SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
-    FROM t, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-                   $7::timestamptz[], $8::float8[], $9::text[], $10::text[])
-        AS s(id, method, args, queue, priority, max_retries, run_at, timeout, dedup_key, meta)
+    FROM t, json_to_recordset($1::json)
+        AS s(id text, method text, args json, queue text, priority int, max_retries int,
+             run_at timestamptz, timeout float8, dedup_key text, meta json)
 ), dedup AS (
     INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
     SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
 )
 INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
     timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
-SELECT id, method, args::json, queue, priority, max_retries, run_at, timeout, dedup_key,
-       meta::json, state::{{schema}}.{{table_state}}, t.at, t.at,
+SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at, timeout,
+       dedup_key, meta, state::{{schema}}.{{table_state}}, t.at, t.at,
        CASE WHEN state = 'enqueued' THEN t.at END,
-       {{schema}}.{{table_history_entry}}(state, t.at, state, NULL, 0)
+       CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
 FROM src, t
 
 -- name: enqueue_skip_used
@@ -160,11 +167,14 @@ RETURNING l.ord, j.cancel_requested, j.lease_expires_at
 
 -- name: recover_expired
 -- $1 now, $2 limit, $3 max crashes, $4 crash backoff, $5 quarantine reason, $6 failed ttl.
+-- Crash n waits 0 s for n = 1, else backoff * 2^(n - 2); the job keeps its place
+-- in the queue (enqueued_at is not stamped again).
 WITH t AS (
     SELECT coalesce($1::timestamptz, now()) AS at
 ), c AS (
     SELECT j.id, j.server_id, j.attempts, j.crashes + 1 AS crashes,
-           $4::float8 * power(2::float8, least(j.crashes, 1000)) AS delay
+           CASE WHEN j.crashes < 1 THEN 0::float8
+                ELSE $4::float8 * power(2::float8, least(j.crashes - 1, 1000)) END AS delay
     FROM {{schema}}.{{table}} j, t
     WHERE j.state = 'processing' AND j.lease_expires_at <= t.at
     ORDER BY j.lease_expires_at, j.id
@@ -192,7 +202,8 @@ WITH t AS (
             THEN t.at + $6::float8 * interval '1 second' ELSE j.expires_at END,
         run_at = CASE WHEN d.target = 'awaiting_retry'
             THEN t.at + d.delay * interval '1 second' ELSE j.run_at END,
-        enqueued_at = CASE WHEN d.target = 'enqueued' THEN t.at ELSE j.enqueued_at END,
+        enqueued_at = CASE WHEN d.target = 'enqueued'
+            THEN coalesce(j.enqueued_at, t.at) ELSE j.enqueued_at END,
         updated_at = t.at,
         history = j.history || {{schema}}.{{table_history_entry}}(
             d.target, t.at, CASE WHEN d.target = 'failed' THEN $5 ELSE 'lease_expired' END,
@@ -212,6 +223,8 @@ WITH t AS (
 SELECT id, target FROM upd
 
 -- name: activate_due
+-- $1 now, $2 limit. A job that waited out a crash backoff (AwaitingRetry by
+-- reason lease_expired) keeps its place in the queue; any other joins the back.
 WITH t AS (
     SELECT coalesce($1::timestamptz, now()) AS at
 ), c AS (
@@ -223,7 +236,9 @@ WITH t AS (
 ), u AS (
     UPDATE {{schema}}.{{table}} AS j SET
         state = 'enqueued',
-        enqueued_at = t.at,
+        enqueued_at = CASE
+            WHEN j.state::text = 'awaiting_retry' AND j.history -> -1 ->> 'reason' = 'lease_expired'
+            THEN coalesce(j.enqueued_at, t.at) ELSE t.at END,
         updated_at = t.at,
         history = j.history || {{schema}}.{{table_history_entry}}(
             'enqueued', t.at, 'due', NULL, j.attempts)

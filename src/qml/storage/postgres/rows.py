@@ -6,13 +6,17 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from ...clock import from_epoch
 from ...errors import SerializationError
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps_str, loads
+from ...serialization import CorruptPayload, dumps, dumps_str, loads
 from ..requests import JobQuery, MisfirePolicy, Outcome, OutcomeKind, RecurringTemplate, ServerInfo
 
 Row = Mapping[str, Any]
+_Fragment = orjson.Fragment
+_EMPTY_OBJECT = orjson.Fragment(b"{}")
 _STATES = {s.value: s for s in JobState}
 
 
@@ -27,27 +31,72 @@ def history_entry(change: StateChange) -> dict[str, Any]:
     return d
 
 
+#: History times already parsed (a claim batch shares its start time; a job's
+#: first entry repeats its creation time). ``datetime`` is immutable, so one may
+#: be shared; the cache is emptied when full.
+_ISO_TIMES: dict[str, datetime] = {}
+_ISO_TIMES_MAX = 4096
+
+
+def _iso_time(at: str) -> datetime:
+    try:
+        return _ISO_TIMES[at]
+    except KeyError:
+        pass
+    when = datetime.fromisoformat(at).astimezone(UTC)
+    if len(_ISO_TIMES) >= _ISO_TIMES_MAX:
+        _ISO_TIMES.clear()
+    _ISO_TIMES[at] = when
+    return when
+
+
 def parse_history(raw: str | None) -> list[StateChange]:
+    """The state history; unreadable entries (damaged in the table) are left out."""
     if not raw:
         return []
+    try:
+        items = loads(raw)
+    except SerializationError:
+        return []
     out = []
-    for d in loads(raw):
-        at = d.get("at")
-        when = (
-            datetime.fromisoformat(at).astimezone(UTC)
-            if isinstance(at, str)
-            else from_epoch(float(at))
-        )
-        out.append(
-            StateChange(
-                _STATES[d["state"]],
-                when,
-                d.get("reason"),
-                d.get("server"),
-                int(d.get("attempt") or 0),
+    for d in items if isinstance(items, list) else []:
+        try:
+            at = d.get("at")
+            when = _iso_time(at) if isinstance(at, str) else from_epoch(float(at))
+            out.append(
+                StateChange(
+                    _STATES[d["state"]],
+                    when,
+                    d.get("reason"),
+                    d.get("server"),
+                    int(d.get("attempt") or 0),
+                )
             )
-        )
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            continue
     return out
+
+
+def enqueue_json(jobs: Sequence[Job], payloads: Sequence[bytes]) -> str:
+    """The one parameter of the ``enqueue`` query: a JSON array with an object per
+    job; the encoded arguments are spliced in as they are."""
+    return orjson.dumps(
+        [
+            {
+                "id": job.id,
+                "method": job.method,
+                "args": _Fragment(payload),
+                "queue": job.queue,
+                "priority": job.priority,
+                "max_retries": job.max_retries,
+                "run_at": None if job.run_at is None else job.run_at.isoformat(),
+                "timeout": None if job.timeout is None else float(job.timeout),
+                "dedup_key": job.dedup_key,
+                "meta": _Fragment(dumps(job.meta)) if job.meta else _EMPTY_OBJECT,
+            }
+            for job, payload in zip(jobs, payloads, strict=True)
+        ]
+    ).decode()
 
 
 def enqueue_params(
@@ -116,6 +165,18 @@ def decode_args(raw: str) -> Any:
         return CorruptPayload(raw, str(exc))
 
 
+def decode_meta(raw: str | None) -> dict[str, Any]:
+    """Job meta; ``{}`` when the stored value cannot be decoded or is not an object
+    (a damaged row must not make reading or claiming the job raise)."""
+    if raw is None:
+        return {}
+    try:
+        meta = loads(raw)
+    except SerializationError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def row_to_job(row: Row) -> Job:
     result = row["result"]
     return Job(
@@ -127,7 +188,7 @@ def row_to_job(row: Row) -> Job:
         run_at=row["run_at"],
         timeout=row["timeout"],
         dedup_key=row["dedup_key"],
-        meta=loads(row["meta"]) if row["meta"] is not None else {},
+        meta=decode_meta(row["meta"]),
         id=row["id"],
         state=_STATES[row["state"]],
         attempts=row["attempts"],
@@ -141,7 +202,7 @@ def row_to_job(row: Row) -> Job:
         error_type=row["error_type"],
         error=row["error"],
         traceback=row["traceback"],
-        result=loads(result) if result is not None else None,
+        result=decode_args(result) if result is not None else None,
         server_id=row["server_id"],
         lease_token=row["lease_token"],
         lease_expires_at=row["lease_expires_at"],
@@ -224,7 +285,14 @@ def row_to_server(row: Row) -> ServerInfo:
 
 def list_jobs_sql(base: str, query: JobQuery) -> tuple[str, list[Any]]:
     """The dashboard listing: ``base`` (the ``list_jobs`` query) plus fixed
-    WHERE / ORDER BY / LIMIT fragments for the filters in use, values bound."""
+    WHERE / ORDER BY / LIMIT fragments for the filters in use, values bound.
+
+    With a state, queue or method filter, one scan per state (on an index
+    (queue|method, state, id), the final-state index, or the primary key for a
+    common live state) merged by a UNION ALL, so a rare state in a big queue is
+    found through an index rather than by walking the queue. Processing jobs,
+    always few, are read through the lease index and sorted.
+    """
     args: list[Any] = []
 
     def arg(value: Any) -> str:
@@ -232,11 +300,6 @@ def list_jobs_sql(base: str, query: JobQuery) -> tuple[str, list[Any]]:
         return f"${len(args)}"
 
     where = []
-    if query.states is not None:
-        # Literals, not a parameter, so the planner can match partial indexes;
-        # the values are JobState members, never caller text.
-        states = ", ".join(f"'{JobState(s).value}'" for s in sorted(query.states))
-        where.append(f"j.state IN ({states})" if states else "false")
     if query.queue is not None:
         where.append(f"j.queue = {arg(query.queue)}")
     if query.method is not None:
@@ -250,8 +313,30 @@ def list_jobs_sql(base: str, query: JobQuery) -> tuple[str, list[Any]]:
         )
     if query.cursor is not None:
         where.append(f"j.id {'>' if query.ascending else '<'} {arg(query.cursor)}")
-    sql = base
-    if where:
-        sql += " WHERE " + " AND ".join(where)
     order = "ASC" if query.ascending else "DESC"
-    return f"{sql} ORDER BY j.id {order} LIMIT {arg(query.limit + 1)}", args
+    limit = arg(query.limit + 1)
+    tail = f" ORDER BY j.id {order} LIMIT {limit}"
+    states: list[str] | None = None
+    if query.states is not None:
+        states = sorted(JobState(s).value for s in query.states)
+    elif query.queue is not None or query.method is not None:
+        states = [s.value for s in JobState]
+    if states is None:
+        return base + (" WHERE " + " AND ".join(where) if where else "") + tail, args
+    if not states:
+        return base + " WHERE false" + tail, args
+    # Literals, not parameters, so the planner can match partial indexes; the
+    # values are JobState members, never caller text.
+    branches = []
+    for state in states:
+        sql = base + " WHERE " + " AND ".join([f"j.state = '{state}'", *where])
+        if state == JobState.PROCESSING.value:
+            # Processing jobs are few (the busy worker slots): read them all
+            # through the lease index, then sort; OFFSET 0 keeps the planner
+            # from trading that for a walk of the primary key.
+            sql = f"SELECT * FROM ({sql} ORDER BY j.lease_expires_at OFFSET 0) j"
+        branches.append(sql + tail)
+    if len(branches) == 1:
+        return branches[0], args
+    union = " UNION ALL ".join(f"({b})" for b in branches)
+    return f"SELECT * FROM ({union}) j{tail}", args

@@ -13,11 +13,12 @@ module.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -53,9 +54,11 @@ from ..requests import (
 )
 from .config import PostgresConfig, mask_password
 from .driver import Conn, call_with_retry, translate
+from .lane import Lane
 from .listener import Listener, Waiters
 from .migrate import Migrator, SchemaStatus
 from .rows import (
+    enqueue_json,
     enqueue_params,
     finish_params,
     list_jobs_sql,
@@ -97,6 +100,7 @@ class PostgresStorage(Storage):
         self._q = {k: self.names.render(v) for k, v in named_queries().items()}
         self._migrator = Migrator(self.names)
         self._pool: asyncpg.Pool[Any] | None = None
+        self._lanes: dict[str, Lane] = {}
         self._listener: Listener | None = None
         self._waiters = Waiters()
         self._own_pids: set[int] = set()
@@ -104,6 +108,7 @@ class PostgresStorage(Storage):
         self._closed = False
         self._ready = False
         self._last_compact = 0.0
+        self._companion = False
         self.synchronous_commit: str | None = None
 
     def __repr__(self) -> str:
@@ -113,6 +118,21 @@ class PostgresStorage(Storage):
         )
 
     # ------------------------------------------------------------------ lifecycle
+    def sibling(self) -> PostgresStorage:
+        """A storage on the same schema with one connection of its own and no
+        LISTEN connection, for another thread's event loop (lease renewals)."""
+        cfg = dataclasses.replace(
+            self.config, min_connections=1, max_connections=1, auto_migrate=False
+        )
+        other = PostgresStorage(
+            cfg,
+            clock=self.clock,
+            max_payload_bytes=self.max_payload_bytes,
+            retention=self.retention,
+        )
+        other._companion = True
+        return other
+
     async def open(self) -> None:
         """Connect, log the durability setting, install or upgrade the schema when
         ``auto_migrate`` is set and it is not current, and start listening for
@@ -128,6 +148,9 @@ class PostgresStorage(Storage):
         if self._ready:  # another task opened it while we waited for the lock
             return
         pool = await self._create_pool()
+        if self._companion:  # a second connection of an open storage: no LISTEN, no schema work
+            self._pool, self._ready = pool, True
+            return
         listener = Listener(self._connect_listener, self.names.channel, self._own_pids, self._wake)
         self._pool, self._listener = pool, listener
         try:
@@ -207,6 +230,18 @@ class PostgresStorage(Storage):
             server_settings=_SERVER_SETTINGS,
         )
 
+    async def _connect_lane(self) -> asyncpg.Connection[Any]:
+        """A connection of a :class:`Lane`, set up as the pool's are."""
+        cfg = self.config
+        conn = await asyncpg.connect(
+            cfg.database_url,
+            timeout=cfg.connect_timeout,
+            command_timeout=cfg.command_timeout,
+            server_settings=_SERVER_SETTINGS,
+        )
+        await self._init_connection(conn)
+        return conn
+
     async def close(self) -> None:
         """Stop listening and close the pool. Idempotent; a closed storage cannot
         be reopened (make a new one)."""
@@ -214,6 +249,9 @@ class PostgresStorage(Storage):
         self._ready = False
         listener, pool = self._listener, self._pool
         self._listener = self._pool = None
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            await lane.close(self.config.command_timeout)
         if listener is not None:
             await listener.stop()
         if pool is not None:
@@ -289,6 +327,37 @@ class PostgresStorage(Storage):
             resume=resume,
         )
 
+    async def _hot(
+        self,
+        name: str,
+        fn: Callable[[Conn], Awaitable[T]],
+        *,
+        resume: Callable[[Conn], Awaitable[T]] | None = None,
+    ) -> T:
+        """Run ``fn`` (not idempotent) on the connection of its own for ``name``
+        (see :mod:`.lane`), with the pool's retry rules; on the pool when that
+        connection is busy, and always on a companion storage (one connection)."""
+        if not self._ready:
+            await self.open()
+        lane = self._lanes.get(name)
+        if lane is None:
+            if self._companion or self._pool is None:
+                return await self._run(fn, action=name, resume=resume)
+            lane = self._lanes[name] = Lane(self._connect_lane)
+        if lane.busy:
+            return await self._run(fn, action=name, resume=resume)
+        lane.busy = True
+        try:
+            return await call_with_retry(
+                cast("asyncpg.Pool[Any]", lane),  # only its acquire(timeout=...) is used
+                fn,
+                name,
+                acquire_timeout=self.config.connect_timeout,
+                resume=resume,
+            )
+        finally:
+            lane.busy = False
+
     async def _fetch(self, name: str, *args: Any, idempotent: bool = True) -> list[Any]:
         sql, params = self._q[name], _utc_args(args)
         return await self._run(lambda c: c.fetch(sql, *params), action=name, idempotent=idempotent)
@@ -323,12 +392,15 @@ class PostgresStorage(Storage):
 
     # ------------------------------------------------------------------ enqueue
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
-        params = enqueue_params(jobs, payloads)
+        params = (enqueue_json(jobs, payloads),)
         sql = self._q["enqueue"]
 
         async def insert(conn: Conn) -> None:
             try:
-                async with conn.transaction():  # a savepoint inside the caller's transaction
+                if conn.is_in_transaction():  # a savepoint inside the caller's transaction
+                    async with conn.transaction():
+                        await conn.execute(sql, *params)
+                else:  # one statement is atomic by itself: no BEGIN/COMMIT round trips
                     await conn.execute(sql, *params)
             except pg.UniqueViolationError as exc:
                 raise self._duplicate(exc) from exc
@@ -360,15 +432,11 @@ class PostgresStorage(Storage):
     # ------------------------------------------------------------------ claim & finish
     async def _claim(self, request: ClaimRequest) -> list[Lease]:
         queues = list(dict.fromkeys(request.queues))
-        rows = await self._fetch(
-            "claim",
-            request.server_id,
-            queues,
-            request.limit,
-            request.now,
-            float(request.lease_seconds),
-            idempotent=False,
+        sql = self._q["claim"]
+        params = _utc_args(
+            (request.server_id, queues, request.limit, request.now, float(request.lease_seconds))
         )
+        rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
         rows = sorted(rows, key=lambda r: r["rn"])
         out = []
         for row in rows:
@@ -404,7 +472,7 @@ class PostgresStorage(Storage):
             done.update(await apply(conn, [i for i in range(len(unique)) if i not in landed]))
             return done
 
-        applied = await self._run(once, action="finish", resume=after_loss)
+        applied = await self._hot("finish", once, resume=after_loss)
         if any(t == JobState.ENQUEUED.value for t in applied.values()):
             self._wake()
         index = {(o.job_id, o.token): i for i, o in enumerate(unique)}

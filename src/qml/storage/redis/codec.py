@@ -21,6 +21,7 @@ from ..requests import MisfirePolicy, RecurringTemplate, ServerInfo
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _STATES = {s.value.encode(): s for s in JobState}
+_STATE_NAMES = {s.value: s for s in JobState}
 
 Arg = bytes | str | int
 Hash = Mapping[bytes, bytes]
@@ -36,13 +37,40 @@ def opt_us(dt: datetime | None) -> Arg:
     return "" if dt is None else to_us(dt)
 
 
+#: Times already converted (a claim batch shares its start and lease times, and a
+#: job's ``created_at``, ``enqueued_at`` and first history entry are one value).
+#: ``datetime`` is immutable, so sharing one is safe; the cache is emptied when full.
+_TIMES: dict[bytes | str | int, datetime] = {}
+_TIMES_MAX = 4096
+
+
 def from_us(value: bytes | str | int) -> datetime:
-    return EPOCH + timedelta(microseconds=int(value))
+    try:
+        return _TIMES[value]
+    except KeyError:
+        pass
+    dt = EPOCH + timedelta(microseconds=int(value))
+    if len(_TIMES) >= _TIMES_MAX:
+        _TIMES.clear()
+    _TIMES[value] = dt
+    return dt
+
+
+#: Durations already converted (a batch of outcomes repeats its TTLs and delays).
+_MICROS: dict[float, int] = {}
 
 
 def micros(seconds: float) -> int:
     """A duration in whole microseconds, rounded as ``timedelta`` rounds."""
-    return timedelta(seconds=seconds) // _US
+    try:
+        return _MICROS[seconds]
+    except (KeyError, TypeError):
+        pass
+    us = timedelta(seconds=seconds) // _US
+    if len(_MICROS) >= _TIMES_MAX:
+        _MICROS.clear()
+    _MICROS[seconds] = us
+    return us
 
 
 def as_hash(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -91,47 +119,104 @@ def decode_args(raw: bytes) -> Any:
 def _history(raw: bytes | None) -> list[StateChange]:
     if not raw:
         return []
-    return [
-        StateChange(_STATES[e[0].encode()], from_us(e[1]), e[2], e[3], int(e[4]))
-        for e in loads(b"[" + raw + b"]")
-    ]
+    try:
+        items = loads(b"[" + raw + b"]")
+        return [
+            StateChange(_STATE_NAMES[e[0]], from_us(e[1]), e[2], e[3], int(e[4])) for e in items
+        ]
+    except (SerializationError, LookupError, TypeError, ValueError, OverflowError, AttributeError):
+        return _damaged_history(raw)
+
+
+def _damaged_history(raw: bytes) -> list[StateChange]:
+    """The readable entries of a history damaged in Redis (never fatal)."""
+    try:
+        items = loads(b"[" + raw + b"]")
+    except SerializationError:
+        return []
+    out: list[StateChange] = []
+    for e in items:
+        try:
+            out.append(StateChange(_STATES[e[0].encode()], from_us(e[1]), e[2], e[3], int(e[4])))
+        except (LookupError, TypeError, ValueError, OverflowError, AttributeError):
+            continue
+    return out
+
+
+def _meta(raw: bytes | None) -> dict[str, Any]:
+    """Job meta; ``{}`` when the stored value cannot be decoded or is not an object
+    (a damaged hash must not make reading or claiming the job raise)."""
+    if raw is None:
+        return {}
+    try:
+        meta = loads(raw)
+    except SerializationError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+#: Every job field :func:`decode_values` reads, in its order; ``claim.lua``
+#: returns a claimed job as ``HMGET`` of these fields (keep the two in step).
+JOB_FIELDS = (
+    b"method", b"args", b"queue", b"priority", b"max_retries", b"run_at", b"timeout",
+    b"dedup_key", b"meta", b"id", b"state", b"attempts", b"crashes", b"created_at",
+    b"updated_at", b"enqueued_at", b"started_at", b"finished_at", b"expires_at",
+    b"error_type", b"error", b"traceback", b"result", b"server_id", b"lease_token",
+    b"lease_expires_at", b"cancel", b"progress", b"history",
+)  # fmt: skip
 
 
 def decode_job(h: Hash) -> Job:
     """A :class:`Job` from its hash."""
-    g = h.get
-    max_retries, timeout, meta, result = g(b"max_retries"), g(b"timeout"), g(b"meta"), g(b"result")
-    progress = g(b"progress")
+    return decode_values([h.get(f) for f in JOB_FIELDS])
+
+
+def decode_values(v: Sequence[bytes | None]) -> Job:
+    """A :class:`Job` from the values of :data:`JOB_FIELDS`, in that order
+    (``None`` for an absent field)."""
+    (method, args, queue, priority, max_retries, run_at, timeout, dedup_key, meta, job_id,
+     state, attempts, crashes, created_at, updated, enqueued, started, finished, expires,
+     error_type, error, traceback, result, server_id, lease_token, lease_expires, cancel,
+     progress, history) = v  # fmt: skip
+    if (
+        method is None
+        or queue is None
+        or priority is None
+        or job_id is None
+        or state is None
+        or created_at is None
+    ):
+        raise KeyError("job hash without method, queue, priority, id, state or created_at")
     return Job(
-        method=h[b"method"].decode(),
-        args=decode_args(g(b"args", b"null")),
-        queue=h[b"queue"].decode(),
-        priority=int(h[b"priority"]),
+        method=method.decode(),
+        args=decode_args(b"null" if args is None else args),
+        queue=queue.decode(),
+        priority=int(priority),
         max_retries=None if max_retries is None else int(max_retries),
-        run_at=_time(h, b"run_at"),
+        run_at=None if run_at is None else from_us(run_at),
         timeout=None if timeout is None else float(timeout),
-        dedup_key=_text(h, b"dedup_key"),
-        meta=loads(meta) if meta is not None else {},
-        id=h[b"id"].decode(),
-        state=_STATES[h[b"state"]],
-        attempts=int(g(b"attempts", b"0")),
-        crashes=int(g(b"crashes", b"0")),
-        created_at=from_us(h[b"created_at"]),
-        updated_at=_time(h, b"updated_at"),
-        enqueued_at=_time(h, b"enqueued_at"),
-        started_at=_time(h, b"started_at"),
-        finished_at=_time(h, b"finished_at"),
-        expires_at=_time(h, b"expires_at"),
-        error_type=_text(h, b"error_type"),
-        error=_text(h, b"error"),
-        traceback=_text(h, b"traceback"),
-        result=decode_args(result) if result is not None else None,
-        server_id=_text(h, b"server_id"),
-        lease_token=_text(h, b"lease_token"),
-        lease_expires_at=_time(h, b"lease_expires_at"),
-        cancel_requested=g(b"cancel") == b"1",
+        dedup_key=None if dedup_key is None else dedup_key.decode(),
+        meta={} if meta is None else _meta(meta),
+        id=job_id.decode(),
+        state=_STATES[state],
+        attempts=0 if attempts is None else int(attempts),
+        crashes=0 if crashes is None else int(crashes),
+        created_at=from_us(created_at),
+        updated_at=None if updated is None else from_us(updated),
+        enqueued_at=None if enqueued is None else from_us(enqueued),
+        started_at=None if started is None else from_us(started),
+        finished_at=None if finished is None else from_us(finished),
+        expires_at=None if expires is None else from_us(expires),
+        error_type=None if error_type is None else error_type.decode(),
+        error=None if error is None else error.decode(),
+        traceback=None if traceback is None else traceback.decode(),
+        result=None if result is None else decode_args(result),
+        server_id=None if server_id is None else server_id.decode(),
+        lease_token=None if lease_token is None else lease_token.decode(),
+        lease_expires_at=None if lease_expires is None else from_us(lease_expires),
+        cancel_requested=cancel == b"1",
         progress=None if progress is None else float(progress),
-        history=_history(g(b"history")),
+        history=_history(history),
     )
 
 

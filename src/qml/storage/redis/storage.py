@@ -43,8 +43,8 @@ from ..requests import (
 )
 from .codec import (
     Arg,
-    as_hash,
     decode_job,
+    decode_values,
     encode_new_job,
     from_us,
     micros,
@@ -55,6 +55,7 @@ from .config import RedisConfig
 from .errors import hash_reply, text, tokens, translate
 from .guards import check_server
 from .keys import RedisKeys
+from .lane import Lane
 from .packing import fast_packing
 from .registry import RegistryHooks
 from .scripts import ScriptRunner, executor
@@ -107,11 +108,25 @@ class RedisStorage(RegistryHooks, Storage):
         self._waiter_id = secrets.token_hex(8)
         self._waiting = 0
         self._open_lock = asyncio.Lock()
+        self._companion = False
+        self._lanes: dict[str, Lane] = {}
 
     def __repr__(self) -> str:
         return f"RedisStorage({self._where!r}, key_prefix={self.config.key_prefix!r})"
 
     # ------------------------------------------------------------------ lifecycle
+    def sibling(self) -> RedisStorage:
+        """A storage on the same keys with a small pool of its own and no wake-up
+        subscription, for another thread's event loop (lease renewals)."""
+        other = RedisStorage(
+            replace(self.config, pool_size=2),
+            clock=self.clock,
+            retention=self.retention,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        other._companion = True
+        return other
+
     async def open(self) -> None:
         """Connect, check the server (see :mod:`.guards`), load the scripts and
         subscribe to wake-up signals; idempotent."""
@@ -127,6 +142,7 @@ class RedisStorage(RegistryHooks, Storage):
             "socket_timeout": cfg.command_timeout,
             "socket_connect_timeout": cfg.command_timeout,
             "retry": Retry(NoBackoff(), 0),
+            **_no_maintenance_notifications(),
         }
         pool = BlockingConnectionPool.from_url(
             cfg.url, max_connections=cfg.pool_size, timeout=cfg.command_timeout, **conn
@@ -146,8 +162,13 @@ class RedisStorage(RegistryHooks, Storage):
         listener: WakeListener | None = None
         try:
             with translate("open"):
-                await check_server(client, self._where)
+                if not self._companion:  # the first storage checked the server
+                    await check_server(client, self._where)
                 await run.load()
+            if self._companion:  # lease renewals only: no wake-up subscription
+                await wake_client.aclose()
+                self._client, self._run = client, run
+                return
 
             async def read_generation() -> int:
                 return int(await executor(client)("GET", self.keys.wake_gen) or 0)
@@ -179,6 +200,9 @@ class RedisStorage(RegistryHooks, Storage):
 
     async def close(self) -> None:
         """Stop listening and close every connection; idempotent."""
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            await lane.close()
         listener, self._listener = self._listener, None
         clients = (self._wake_client, self._client)
         self._client = self._wake_client = None
@@ -201,6 +225,27 @@ class RedisStorage(RegistryHooks, Storage):
         assert self._run is not None
         with translate(name):
             return await self._run(name, *args)
+
+    @property
+    def _lane(self) -> Lane | None:
+        """The enqueue lane (None until the first enqueue on an open storage)."""
+        return self._lanes.get("enqueue")
+
+    async def _hot(self, name: str, *args: Arg) -> Any:
+        """Run script ``name`` on the lane of its own (see :mod:`.lane`): one per
+        hot operation (enqueue, claim, finish, extend), as the server's fetch and
+        flush loops each make one call at a time. A caller that finds the lane
+        busy, or a storage not yet open, uses the pool."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            client = self._client
+            if client is None:
+                return await self._script(name, *args)
+            lane = self._lanes[name] = Lane(client, self.keys.tag)
+        if lane.busy:
+            return await self._script(name, *args)
+        with translate(name):
+            return await lane.script(name, *args)
 
     async def _cmd(self, command: str, *args: Arg) -> Any:
         client = await self._c()
@@ -237,14 +282,14 @@ class RedisStorage(RegistryHooks, Storage):
         args: list[Arg] = ["", len(jobs)]
         for job, payload in zip(jobs, payloads, strict=True):
             args += encode_new_job(job, payload)
-        ok, detail = await self._script("enqueue", *args)
+        ok, detail = await self._hot("enqueue", *args)
         if not ok:
             raise DuplicateJobError(text(detail))
         self._observe(detail)
         return [j.id for j in jobs]
 
     async def _claim(self, request: ClaimRequest) -> list[Lease]:
-        reply = await self._script(
+        reply = await self._hot(
             "claim",
             opt_us(request.now),
             request.server_id,
@@ -258,8 +303,8 @@ class RedisStorage(RegistryHooks, Storage):
         self._observe(reply[2])
         expires = from_us(reply[1])
         leases = []
-        for flat in reply[3:]:
-            job = decode_job(as_hash(flat))
+        for values in reply[3:]:
+            job = decode_values(values)
             assert job.lease_token is not None
             leases.append(Lease(job, job.lease_token, expires))
         return leases
@@ -295,7 +340,7 @@ class RedisStorage(RegistryHooks, Storage):
                 len(dels),
                 *dels,
             ]
-        reply = await self._script("finish", *args)
+        reply = await self._hot("finish", *args)
         self._observe(reply[0])
         return [bool(x) for x in reply[1:]]
 
@@ -305,7 +350,7 @@ class RedisStorage(RegistryHooks, Storage):
         args: list[Arg] = [opt_us(now), micros(lease_seconds)]
         for job_id, token in leases:
             args += [job_id, token]
-        reply = await self._script("extend", *args)
+        reply = await self._hot("extend", *args)
         expires = from_us(reply[0])
         return [
             HeartbeatReply(True, x == 2, expires) if x else HeartbeatReply(False) for x in reply[1:]
@@ -508,3 +553,15 @@ class RedisStorage(RegistryHooks, Storage):
             return await listener.wait(generation, timeout)
         finally:
             self._waiting -= 1
+
+
+def _no_maintenance_notifications() -> dict[str, Any]:
+    """Connection options that switch off redis-py's maintenance notifications
+    where it has them: while they are on, its pool hands out a pooled
+    connection without checking that it is still alive, so the first call after
+    a Redis restart or a cut connection fails instead of reconnecting."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # pragma: no cover - redis-py without them
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}

@@ -18,12 +18,14 @@ from ...serialization import CorruptPayload, dumps
 from ..requests import MisfirePolicy, RecurringTemplate, ServerInfo
 
 #: Columns of a full job row, in the order :func:`job_from_row` reads them.
-#: ``args`` is read as a BLOB so invalid UTF-8 cannot make the driver raise.
+#: The JSON columns are read as BLOBs so invalid UTF-8 in a damaged row cannot make
+#: the driver raise (which would fail every claim that takes the row).
 JOB_COLUMNS = (
     "id, method, CAST(args AS BLOB), queue, priority, max_retries, run_at, timeout, "
-    "dedup_key, meta, state, attempts, crashes, created_at, updated_at, enqueued_at, "
-    "started_at, finished_at, expires_at, error_type, error, traceback, result, server_id, "
-    "lease_token, lease_expires_at, cancel_requested, progress, history"
+    "dedup_key, CAST(meta AS BLOB), state, attempts, crashes, created_at, updated_at, "
+    "enqueued_at, started_at, finished_at, expires_at, error_type, error, traceback, "
+    "CAST(result AS BLOB), server_id, lease_token, lease_expires_at, cancel_requested, "
+    "progress, CAST(history AS BLOB)"
 )
 #: Columns of a brief row (what guarded writes need to decide), see :class:`Brief`.
 BRIEF_COLUMNS = "id, queue, state, lease_token, server_id, attempts, crashes, cancel_requested"
@@ -124,7 +126,7 @@ def decode_args(raw: bytes | str | None) -> Any:
         return CorruptPayload(text, f"corrupt JSON payload: {exc}")
 
 
-def _decode_or(raw: str | None, default: Any) -> Any:
+def _decode_or(raw: bytes | str | None, default: Any) -> Any:
     if raw is None:
         return default
     try:
@@ -133,7 +135,7 @@ def _decode_or(raw: str | None, default: Any) -> Any:
         return default
 
 
-def _history(raw: str | None) -> list[StateChange]:
+def _history(raw: bytes | str | None) -> list[StateChange]:
     items = _decode_or(raw, [])
     try:  # the common case: every entry as written by this backend
         return [
@@ -169,13 +171,10 @@ def _damaged_history(items: Any) -> list[StateChange]:
     return out
 
 
-def _result(raw: str | None) -> Any:
+def _result(raw: bytes | str | None) -> Any:
     if raw is None:
         return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return CorruptPayload(raw, f"corrupt JSON payload: {exc}")
+    return decode_args(raw)
 
 
 def job_from_row(r: Sequence[Any]) -> Job:

@@ -113,12 +113,13 @@ LIMIT ?2;
 -- name: recover_job
 -- ?1 id, ?2 token it had, ?3 new state, ?4 now, ?5 new run_at (NULL keeps it),
 -- ?6 error message (when Failed), ?7 expires_at (when Failed), ?8 history entry JSON.
+-- The job keeps its place in the queue: enqueued_at is not stamped again.
 UPDATE qml_jobs SET
     state = ?3,
     updated_at = ?4,
     crashes = crashes + 1,
     run_at = coalesce(?5, run_at),
-    enqueued_at = CASE WHEN ?3 = 'enqueued' THEN ?4 ELSE enqueued_at END,
+    enqueued_at = CASE WHEN ?3 = 'enqueued' THEN coalesce(enqueued_at, ?4) ELSE enqueued_at END,
     error_type = CASE WHEN ?3 = 'failed' THEN 'WorkerCrashed' ELSE error_type END,
     error = CASE WHEN ?3 = 'failed' THEN ?6 ELSE error END,
     traceback = CASE WHEN ?3 = 'failed' THEN NULL ELSE traceback END,
@@ -139,11 +140,15 @@ ORDER BY run_at
 LIMIT ?2;
 
 -- name: activate_job
--- ?1 id, ?2 state it had, ?3 now, ?4 history entry JSON
+-- ?1 id, ?2 state it had, ?3 now, ?4 history entry JSON. A job that waited out a
+-- crash backoff (AwaitingRetry by reason lease_expired) keeps its place in the
+-- queue; any other job joins the back.
 UPDATE qml_jobs SET
     state = 'enqueued',
     updated_at = ?3,
-    enqueued_at = ?3,
+    enqueued_at = CASE
+        WHEN ?2 = 'awaiting_retry' AND json_extract(history, '$[#-1].reason') = 'lease_expired'
+        THEN coalesce(enqueued_at, ?3) ELSE ?3 END,
     history = json_insert(history, '$[#]', json(?4))
 WHERE id = ?1 AND state = ?2;
 

@@ -21,7 +21,7 @@ from typing import Any
 from ...clock import Clock
 from ...errors import DuplicateJobError, StorageError
 from ...job import Job, JobState
-from ...states import WORKER_CRASHED
+from ...states import LEASE_EXPIRED, WORKER_CRASHED
 from ..base import CAP_DURABLE, CAP_MULTI_PROCESS
 from ..requests import (
     ClaimRequest,
@@ -87,6 +87,10 @@ class SqliteStorage(SqliteBase):
             busy_timeout=busy_timeout,
             poll_interval=poll_interval,
         )
+
+    def sibling(self) -> SqliteStorage:
+        """This object: its calls run on the connection thread from any event loop."""
+        return self
 
     # ------------------------------------------------------------------ enqueue
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
@@ -280,8 +284,8 @@ class SqliteStorage(SqliteBase):
                     expires = at + request.failed_ttl
                     failed += 1
                 else:
-                    delay = request.crash_backoff * 2 ** (crashes - 1)
-                    reason = "lease_expired"
+                    delay = request.crash_delay(crashes)
+                    reason = LEASE_EXPIRED
                     if delay > 0:
                         state, run_at = _R, at + delay
                     else:
@@ -392,12 +396,14 @@ class SqliteStorage(SqliteBase):
         return await self._db.read(body)
 
     async def _list_jobs(self, query: JobQuery) -> Page:
-        # With a state or queue filter, one keyset scan per state (each on an
-        # index ending in id) merged here: never a sort of a large set.
+        # With a state, queue or method filter, one keyset scan per state (each
+        # on an index (queue|method, state, id) or (state, id)) merged here:
+        # never a sort of a large set, never a walk over the rows of one method
+        # to find the few in a rare state.
         states: list[str] | None = None
         if query.states is not None:
             states = sorted(s.value for s in query.states)
-        elif query.queue is not None:
+        elif query.queue is not None or query.method is not None:
             states = [s.value for s in JobState]
         where: list[str] = []
         params: list[Any] = []

@@ -127,8 +127,9 @@ end
 -- states keep it in, counters, state index and history; `fields` (field,
 -- value, ...) are written with it in one HSET. `when` is run_at
 -- (Scheduled/AwaitingRetry), the lease deadline (Processing) or expires_at
--- (final; nil: never expires).
-local function move(jk, id, st, new, now, reason, server, attempt, when, fields)
+-- (final; nil: never expires). `place` (Enqueued only) is the enqueued_at the
+-- job keeps, its place in the queue; nil stamps `now` (the back of the queue).
+local function move(jk, id, st, new, now, reason, server, attempt, when, fields, place)
   local old, queue = st[R_STATE], st[R_QUEUE]
   if old == ENQ then
     if st[R_ENQUEUED] then zrem(K_READY .. queue, ready_member(tonumber(st[R_ENQUEUED]), id)) end
@@ -151,9 +152,10 @@ local function move(jk, id, st, new, now, reason, server, attempt, when, fields)
   fields[n + 5] = 'history'
   fields[n + 6] = append(st[R_HISTORY], entry(new, now, reason, server, attempt))
   if new == ENQ then
+    local at = place or now
     fields[n + 7] = 'enqueued_at'
-    fields[n + 8] = n2s(now)
-    zadd(K_READY .. queue, -tonumber(st[R_PRIO]), ready_member(now, id))
+    fields[n + 8] = n2s(at)
+    zadd(K_READY .. queue, -tonumber(st[R_PRIO]), ready_member(at, id))
   elseif new == SCH or new == RET then
     zadd(K_DUE, when, id)
   elseif new == PRO then

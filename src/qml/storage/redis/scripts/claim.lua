@@ -10,7 +10,12 @@
 -- ARGV[7..] queue names, first queue first
 -- Queues are taken in order (paused ones skipped); inside a queue by
 -- priority desc, then enqueued_at, then id (the ready member order).
--- Returns {now, lease deadline, wake generation, job 1 fields (flat), ...}.
+-- Returns {now, lease deadline, wake generation, job 1 values, ...}: each job as
+-- HMGET of FIELDS, the order of codec.JOB_FIELDS.
+local FIELDS = {'method', 'args', 'queue', 'priority', 'max_retries', 'run_at', 'timeout',
+  'dedup_key', 'meta', 'id', 'state', 'attempts', 'crashes', 'created_at', 'updated_at',
+  'enqueued_at', 'started_at', 'finished_at', 'expires_at', 'error_type', 'error', 'traceback',
+  'result', 'server_id', 'lease_token', 'lease_expires_at', 'cancel', 'progress', 'history'}
 local now = clock(ARGV[1])
 local server = ARGV[2]
 local deadline = now + tonumber(ARGV[3])
@@ -45,7 +50,7 @@ for q = 7, #ARGV do
           zadd(K_STATE .. PRO, 0, id)
           count(queue, ENQ, -1)
           count(queue, PRO, 1)
-          out[got + 3] = redis.call('HGETALL', jk)
+          out[got + 3] = redis.call('HMGET', jk, unpack(FIELDS))
         end
       end
     end

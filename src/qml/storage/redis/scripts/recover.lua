@@ -5,9 +5,11 @@
 -- ARGV[1] now (µs) or '' for Redis TIME
 -- ARGV[2] limit
 -- ARGV[3] max crashes: the crash that reaches it fails the job for good
--- ARGV[4] crash backoff (µs): delay = backoff * 2^(crashes - 1)
+-- ARGV[4] crash backoff (µs): delay = 0 for the first crash, else backoff * 2^(crashes - 2)
 -- ARGV[5] failed ttl (µs)
 -- ARGV[6] reason of a quarantined job (worker_crashed)
+-- A recovered job keeps its place in its queue (its enqueued_at), now or when
+-- activate.lua ends its backoff.
 -- Returns {wake generation or 0, recovered id, ...}.
 local now = clock(ARGV[1])
 local snow = n2s(now)
@@ -37,14 +39,16 @@ for _, id in ipairs(ids) do
       add_stat('f', now)
       move(jk, id, st, FAI, now, crashed, server, attempts, expires, fields)
     else
-      local delay = backoff * 2 ^ (crashes - 1)
+      local delay = 0
+      if crashes > 1 then delay = backoff * 2 ^ (crashes - 2) end
       if delay > 0 then
         local run_at = now + delay
         fields[3] = 'run_at'
         fields[4] = n2s(run_at)
         move(jk, id, st, RET, now, 'lease_expired', server, attempts, run_at, fields)
       else
-        move(jk, id, st, ENQ, now, 'lease_expired', server, attempts, nil, fields)
+        move(jk, id, st, ENQ, now, 'lease_expired', server, attempts, nil, fields,
+          tonumber(st[R_ENQUEUED]))
       end
     end
     out[#out + 1] = id

@@ -1,0 +1,93 @@
+"""A connection of its own for one hot call (enqueue, claim, finish), outside the pool.
+
+Going through redis-py's pool costs more client CPU than the script call
+itself for a small request: the blocking pool's condition and timeout, its
+retry wrapper and its bookkeeping on every checkout. A :class:`Lane` holds
+one connection and runs one call at a time on it; a caller that finds it
+busy (concurrent enqueues) uses the pool as before, so the lane never makes
+anybody wait. redis-py's connection disconnects itself when a call fails or
+is cancelled half-way, so a reply is never left unread for the next caller.
+
+A request is handed to the socket's transport directly: redis-py's send runs
+in a task of its own under ``wait_for`` (its write timeout) on every call,
+which costs more than the write; a lane's request is never waited on before
+its reply is read, and the reply is read under the socket timeout, so a stalled
+connection still fails in time. A connection the server closed while the lane
+was idle (Redis restarted, the connection was killed or cut) is replaced before
+the request is sent, so the first call after such a loss does not fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError
+
+from .scripts import SCRIPTS
+
+#: This process's id, kept current in a forked child (``os.getpid`` is a system
+#: call, and the lane checks it on every call).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+class Lane:
+    """One dedicated connection of ``client``'s pool settings."""
+
+    def __init__(self, client: Redis, tag: str) -> None:
+        self._pool = client.connection_pool
+        self._head: tuple[Any, ...] = (1, tag.encode())
+        self._conn: AbstractConnection | None = None
+        self._pid = _PID[0]
+        self.busy = False
+
+    def _connection(self) -> AbstractConnection:
+        conn = self._conn
+        if conn is None or self._pid != _PID[0]:  # a forked child makes its own
+            pool = self._pool
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+            self._pid = _PID[0]
+        return conn
+
+    async def script(self, name: str, *args: Any) -> Any:
+        """EVALSHA the script on the lane (it must not be busy); after a NOSCRIPT
+        load the script and retry once."""
+        script = SCRIPTS[name]
+        self.busy = True
+        try:
+            conn = self._connection()  # connects on first use
+            await _send(conn, "EVALSHA", script.sha, *self._head, *args)
+            try:
+                return await conn.read_response()
+            except NoScriptError:
+                await _send(conn, "SCRIPT", "LOAD", script.source)
+                await conn.read_response()
+                await _send(conn, "EVALSHA", script.sha, *self._head, *args)
+                return await conn.read_response()
+        finally:
+            self.busy = False
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == _PID[0]:
+            await conn.disconnect()
+
+
+async def _send(conn: AbstractConnection, *args: Any) -> None:
+    """Send one command on ``conn``, connecting first when needed."""
+    reader: asyncio.StreamReader | None = getattr(conn, "_reader", None)
+    if reader is not None and reader.at_eof():  # closed by the server while idle
+        await conn.disconnect()
+    writer: asyncio.StreamWriter | None = getattr(conn, "_writer", None)
+    if writer is None or writer.is_closing():
+        await conn.send_command(*args)  # connects, then sends
+        return
+    try:
+        writer.writelines(conn.pack_command(*args))
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise

@@ -65,3 +65,15 @@ class CorruptPayload:
 
     def __repr__(self) -> str:
         return f"CorruptPayload({self.raw[:40]!r}, {self.error!r})"
+
+
+def loads_meta(raw: bytes | str | None) -> dict[str, Any]:
+    """Stored job meta; ``{}`` when it is absent, cannot be decoded or is not an
+    object (a damaged row must not make reading or claiming the job raise)."""
+    if raw is None:
+        return {}
+    try:
+        meta = loads(raw)
+    except SerializationError:
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -181,10 +181,11 @@ def start_worker(
     *args: str,
     faults: str | None = None,
     log: Path | None = None,
+    app: str = APP,
 ) -> subprocess.Popen[bytes]:
-    """``qml worker tests.chaos.jobs:registry`` with extra CLI args."""
+    """``qml worker tests.chaos.jobs:registry`` (or another ``app``) with extra CLI args."""
     audit_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "qml", "worker", APP, "--storage", storage_url]
+    cmd = [sys.executable, "-m", "qml", "worker", app, "--storage", storage_url]
     cmd += ["--log-level", "warning", *args]
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from qml import Storage
 
-from .harness import ROOT, worker_env
+from .harness import start_worker
 
 
 def start_app_worker(
@@ -23,21 +22,7 @@ def start_app_worker(
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """``qml worker APP`` (a registry of :mod:`tests.chaos.jobs`) with extra CLI args."""
-    audit_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "qml", "worker", app, "--storage", storage_url]
-    cmd += ["--log-level", "warning", *args]
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        return subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=worker_env(audit_dir),
-            stdout=out,
-            stderr=subprocess.STDOUT if log is not None else None,
-        )
-    finally:
-        if not isinstance(out, int):
-            out.close()
+    return start_worker(storage_url, audit_dir, *args, log=log, app=app)
 
 
 async def write_raw_args(storage: Storage, job_id: str, raw: bytes, field: str = "args") -> None:

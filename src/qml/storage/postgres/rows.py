@@ -11,7 +11,7 @@ import orjson
 from ...clock import from_epoch
 from ...errors import SerializationError
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps, dumps_str, loads
+from ...serialization import CorruptPayload, dumps, dumps_str, loads, loads_meta
 from ..requests import JobQuery, MisfirePolicy, Outcome, OutcomeKind, RecurringTemplate, ServerInfo
 
 Row = Mapping[str, Any]
@@ -165,18 +165,6 @@ def decode_args(raw: str) -> Any:
         return CorruptPayload(raw, str(exc))
 
 
-def decode_meta(raw: str | None) -> dict[str, Any]:
-    """Job meta; ``{}`` when the stored value cannot be decoded or is not an object
-    (a damaged row must not make reading or claiming the job raise)."""
-    if raw is None:
-        return {}
-    try:
-        meta = loads(raw)
-    except SerializationError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def row_to_job(row: Row) -> Job:
     result = row["result"]
     return Job(
@@ -188,7 +176,7 @@ def row_to_job(row: Row) -> Job:
         run_at=row["run_at"],
         timeout=row["timeout"],
         dedup_key=row["dedup_key"],
-        meta=decode_meta(row["meta"]),
+        meta=loads_meta(row["meta"]),
         id=row["id"],
         state=_STATES[row["state"]],
         attempts=row["attempts"],

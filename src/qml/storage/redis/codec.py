@@ -15,7 +15,7 @@ from typing import Any
 from ...clock import ensure_aware
 from ...errors import SerializationError
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps, loads
+from ...serialization import CorruptPayload, dumps, loads, loads_meta
 from ..requests import MisfirePolicy, RecurringTemplate, ServerInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,18 +143,6 @@ def _damaged_history(raw: bytes) -> list[StateChange]:
     return out
 
 
-def _meta(raw: bytes | None) -> dict[str, Any]:
-    """Job meta; ``{}`` when the stored value cannot be decoded or is not an object
-    (a damaged hash must not make reading or claiming the job raise)."""
-    if raw is None:
-        return {}
-    try:
-        meta = loads(raw)
-    except SerializationError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 #: Every job field :func:`decode_values` reads, in its order; ``claim.lua``
 #: returns a claimed job as ``HMGET`` of these fields (keep the two in step).
 JOB_FIELDS = (
@@ -196,7 +184,7 @@ def decode_values(v: Sequence[bytes | None]) -> Job:
         run_at=None if run_at is None else from_us(run_at),
         timeout=None if timeout is None else float(timeout),
         dedup_key=None if dedup_key is None else dedup_key.decode(),
-        meta={} if meta is None else _meta(meta),
+        meta=loads_meta(meta),
         id=job_id.decode(),
         state=_STATES[state],
         attempts=0 if attempts is None else int(attempts),

@@ -67,6 +67,19 @@ class CorruptPayload:
         return f"CorruptPayload({self.raw[:40]!r}, {self.error!r})"
 
 
+def loads_args(raw: bytes | str | None) -> Any:
+    """Stored job or template arguments; a :class:`CorruptPayload` marker when they
+    are absent or cannot be decoded (the job then fails once instead of making a
+    read, a claim or a listing raise)."""
+    if raw is None:
+        return CorruptPayload("", "arguments are missing")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return CorruptPayload(text, f"corrupt JSON payload: {exc}")
+
+
 def loads_meta(raw: bytes | str | None) -> dict[str, Any]:
     """Stored job meta; ``{}`` when it is absent, cannot be decoded or is not an
     object (a damaged row must not make reading or claiming the job raise)."""

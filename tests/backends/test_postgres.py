@@ -534,10 +534,13 @@ async def test_hot_queries_use_their_indexes(storage: PostgresStorage) -> None:
         [Outcome.succeed(x, ttl=60) for x in leases[:300]]
         + [Outcome.retry(x, ERROR, delay=60) for x in leases[300:600]]
     )
-    claim = await plan(storage, "claim", "srv", ["q1", "q2"], 10, None, 30.0)
-    assert "Index Scan using qml_jobs_claim_idx" in claim, claim
-    assert re.search(r"Seq Scan on qml_jobs\b", claim) is None, claim
-    assert "qml_jobs_state_idx" not in claim, claim
+    for suspects in (None, 1):
+        claim = await plan(storage, "claim", "srv", ["q1", "q2"], 10, None, 30.0, suspects, 2)
+        assert "Index Scan using qml_jobs_claim_idx" in claim, claim
+        assert re.search(r"Seq Scan on qml_jobs\b", claim) is None, claim
+        assert "qml_jobs_state_idx" not in claim, claim
+        if suspects is not None:  # the few suspects a claim may take: on their own index
+            assert "qml_jobs_suspects_idx" in claim, claim
     # Periodic services select through their partial indexes.
     for name, args, index in [
         ("activate_due", (None, 100), "qml_jobs_due_idx"),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
+from qml.errors import ConfigurationError
 from qml.job import Job, JobState
 from qml.states import WORKER_CRASHED
 from qml.storage.base import Storage
@@ -291,3 +294,78 @@ async def test_activate_due_respects_the_limit(storage: Storage) -> None:
     at = t0 + timedelta(minutes=1)
     assert [await storage.activate_due(now=at, limit=2) for _ in range(4)] == [2, 2, 1, 0]
     assert await storage.count(state=JobState.ENQUEUED) == 5
+
+
+# ---------------------------------------------------------------- suspects
+async def _suspects(storage: Storage, count: int, queue: str = "default") -> list[str]:
+    """``count`` jobs that were running on a server that died: Enqueued again with
+    ``crashes == 1``, at the front of ``queue`` (their places kept)."""
+    ids = [await storage.enqueue(Job("m", {"n": n}, queue=queue)) for n in range(count)]
+    t0 = utcnow()
+    leases = await storage.claim(ClaimRequest("srv-dead", [queue], count, 5, t0))
+    assert [lease.job_id for lease in leases] == ids
+    request = RecoverRequest(now=t0 + timedelta(seconds=6), crash_backoff=10, max_crashes=3)
+    assert sorted(await storage.recover_expired(request)) == sorted(ids)
+    for job_id in ids:
+        job = await storage.get_job(job_id)
+        assert (job.state, job.crashes) == (JobState.ENQUEUED, 1)
+    return ids
+
+
+async def test_a_claim_takes_no_more_suspects_than_allowed(storage: Storage) -> None:
+    """Suspects beyond ``max_suspects`` are passed over for fresh jobs behind them
+    and keep their place: the next claim that may take them gets them first."""
+    s1, s2, s3 = await _suspects(storage, 3)
+    f1 = await storage.enqueue(Job("m", {"fresh": 1}))
+    f2 = await storage.enqueue(Job("m", {"fresh": 2}))
+    leases = await storage.claim(ClaimRequest("srv-2", ["default"], 10, max_suspects=1))
+    assert [lease.job_id for lease in leases] == [s1, f1, f2]
+    assert [lease.job.crashes for lease in leases] == [1, 0, 0]
+
+    assert await storage.claim(ClaimRequest("srv-2", ["default"], 10, max_suspects=0)) == []
+    f3 = await storage.enqueue(Job("m", {"fresh": 3}))  # behind the passed-over suspects
+    leases = await storage.claim(ClaimRequest("srv-3", ["default"], 10, max_suspects=0))
+    assert [lease.job_id for lease in leases] == [f3]
+    for job_id in (s2, s3):
+        assert (await storage.get_job(job_id)).state is JobState.ENQUEUED
+
+    f4 = await storage.enqueue(Job("m", {"fresh": 4}))
+    leases = await storage.claim(ClaimRequest("srv-3", ["default"], 1, max_suspects=1))
+    assert [lease.job_id for lease in leases] == [s2]
+    leases = await storage.claim(ClaimRequest("srv-3", ["default"], 10))  # no bound
+    assert [lease.job_id for lease in leases] == [s3, f4]
+
+
+async def test_the_suspect_bound_holds_across_queues(storage: Storage) -> None:
+    (a1,) = await _suspects(storage, 1, queue="a")
+    (b1,) = await _suspects(storage, 1, queue="b")
+    fresh_b = await storage.enqueue(Job("m", queue="b"))
+    leases = await storage.claim(ClaimRequest("srv-2", ["a", "b"], 10, max_suspects=1))
+    assert [lease.job_id for lease in leases] == [a1, fresh_b]
+    leases = await storage.claim(ClaimRequest("srv-2", ["a", "b"], 10, max_suspects=2))
+    assert [lease.job_id for lease in leases] == [b1]
+
+
+async def test_suspects_are_the_jobs_with_enough_crashes(storage: Storage) -> None:
+    """With ``suspect_crashes=2`` a job that crashed once is not a suspect yet."""
+    once = await _suspects(storage, 2)
+    fresh = await storage.enqueue(Job("m"))
+    leases = await storage.claim(
+        ClaimRequest("srv-2", ["default"], 10, max_suspects=0, suspect_crashes=2)
+    )
+    assert [lease.job_id for lease in leases] == [*once, fresh]
+    with pytest.raises(ConfigurationError, match="suspect_crashes"):
+        await storage.claim(ClaimRequest("srv-2", ["default"], 1, suspect_crashes=0))
+
+
+async def test_fresh_jobs_are_not_bounded(storage: Storage) -> None:
+    ids = [await storage.enqueue(Job("m", {"n": n})) for n in range(4)]
+    leases = await storage.claim(ClaimRequest("srv-1", ["default"], 10, max_suspects=0))
+    assert [lease.job_id for lease in leases] == ids
+
+
+async def test_a_negative_suspect_bound_is_refused(storage: Storage) -> None:
+    await storage.enqueue(Job("m"))
+    with pytest.raises(ConfigurationError, match="max_suspects"):
+        await storage.claim(ClaimRequest("srv-1", ["default"], 1, max_suspects=-1))
+    assert await storage.count(state=JobState.ENQUEUED) == 1

@@ -24,6 +24,7 @@ from qml import (
 )
 from qml.clock import FrozenClock
 from qml.server.services import Scheduler
+from qml.storage.base import Storage
 from qml.storage.requests import ClaimRequest, ErrorInfo, HeartbeatReply, Lease, RecoverRequest
 
 from .support import (
@@ -397,3 +398,38 @@ async def test_a_renewal_answered_after_the_outcome_is_not_a_lost_lease() -> Non
         assert server.leases_lost == 0
     assert job.result == "done"
     assert seen == [None]
+
+
+async def test_suspects_run_one_at_a_time_beside_fresh_jobs(storage: Storage) -> None:
+    """Jobs one crash away from quarantine (here ``max_crashes=2``: one crash) may
+    include the one that killed a worker: a server runs at most one of them at a
+    time, beside other jobs only, and claims the next one as soon as it ends (the
+    polling interval here is longer than the test's bound)."""
+    registry = WorkerRegistry(storage)
+    running: set[str] = set()
+    most = 0
+    ran = Counter[str]()
+
+    @registry.job("work")
+    async def work(ctx: WorkerContext) -> None:
+        nonlocal most
+        ran[ctx.job_id] += 1
+        if ctx.job.crashes:
+            running.add(ctx.job_id)
+            most = max(most, len(running))
+        await asyncio.sleep(0.02)
+        running.discard(ctx.job_id)
+
+    suspects = [await work.enqueue() for _ in range(6)]
+    t0 = datetime.now(UTC)
+    dead = await storage.claim(ClaimRequest("dead-server", ["default"], 6, 1.0, t0))
+    assert sorted(x.job_id for x in dead) == sorted(suspects)
+    later = t0 + timedelta(seconds=2)
+    assert sorted(await storage.recover_expired(RecoverRequest(now=later))) == sorted(suspects)
+    fresh = [await work.enqueue() for _ in range(6)]
+    config = fast_config(worker_count=4, fetch_batch_size=4, polling_interval=3600.0, max_crashes=2)
+    async with serving(config, storage, registry):
+        for job_id in suspects + fresh:
+            await wait_for_state(storage, job_id, OK)
+    assert most == 1
+    assert ran == Counter({job_id: 1 for job_id in suspects + fresh})

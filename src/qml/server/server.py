@@ -92,6 +92,11 @@ class BackgroundJobServer:
         self._pending: list[tuple[Outcome, Slot]] = []
         self._outcome_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        # Suspects (jobs one crash away from quarantine) run one at a time here,
+        # beside jobs that are not: see ClaimRequest.max_suspects.
+        self._suspect_crashes = max(1, config.max_crashes - 1)
+        self._suspects = 0
+        self._suspect_done = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._force = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -349,9 +354,17 @@ class BackgroundJobServer:
                 continue
             want = min(free, cfg.fetch_batch_size)
             sent = time.monotonic()  # the leases cannot end before sent + lease_seconds
+            self._suspect_done.clear()
             try:
                 leases = await self.storage.claim(
-                    ClaimRequest(cfg.server_name, cfg.queues, want, cfg.lease_seconds)
+                    ClaimRequest(
+                        cfg.server_name,
+                        cfg.queues,
+                        want,
+                        cfg.lease_seconds,
+                        max_suspects=0 if self._suspects else 1,
+                        suspect_crashes=self._suspect_crashes,
+                    )
                 )
                 backoff = 0.1
                 if leases:
@@ -411,9 +424,12 @@ class BackgroundJobServer:
             return
         waiter = asyncio.create_task(self.storage.wait_for_work(self.config.polling_interval))
         stop = asyncio.create_task(self._stop_event.wait())
+        # A suspect passed over while one runs here is claimable once that one ends.
+        ended = asyncio.create_task(self._suspect_done.wait()) if self._suspects else stop
         try:
-            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, stop, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            ended.cancel()
             stop.cancel()
             if not waiter.done():
                 waiter.cancel()
@@ -434,6 +450,8 @@ class BackgroundJobServer:
         slot = Slot(lease, ctx, claimed + self.config.lease_seconds)
         self._held[slot.job_id] = slot
         self._running.add(slot)
+        if lease.job.crashes >= self._suspect_crashes:
+            self._suspects += 1
         slot.task = asyncio.create_task(self._run_slot(slot), name=f"qml-job-{slot.job_id}")
 
     async def _run_slot(self, slot: Slot) -> None:
@@ -448,6 +466,9 @@ class BackgroundJobServer:
         finally:
             self._running.discard(slot)
             self._slot_freed.set()
+            if slot.lease.job.crashes >= self._suspect_crashes:
+                self._suspects -= 1
+                self._suspect_done.set()
         if slot.lost or outcome is None:
             self._held.pop(slot.job_id, None)
             return

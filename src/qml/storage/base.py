@@ -232,6 +232,10 @@ class Storage(ABC):
             return []
         if request.lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive")
+        if request.max_suspects is not None and request.max_suspects < 0:
+            raise ConfigurationError("max_suspects must be None or >= 0")
+        if request.suspect_crashes < 1:
+            raise ConfigurationError("suspect_crashes must be >= 1")
         return await self._claim(request)
 
     async def finish(self, outcomes: Sequence[Outcome], now: datetime | None = None) -> list[bool]:

@@ -213,20 +213,27 @@ class MemoryStorage(Storage):
         with self._lock:
             now = self.now(request.now)
             expires = now + timedelta(seconds=request.lease_seconds)
+            suspects = request.max_suspects
             for queue in request.queues:
                 if queue in self._paused:
                     continue
                 heap = self._ready.get(queue)
+                passed_over: list[tuple[int, datetime, str]] = []
                 while heap and len(out) < request.limit:
-                    _, enqueued_at, job_id = heapq.heappop(heap)
-                    job = self._jobs.get(job_id)
+                    entry = heapq.heappop(heap)
+                    job = self._jobs.get(entry[2])
                     if (
                         job is None
                         or job.state is not E
                         or job.queue != queue
-                        or job.enqueued_at != enqueued_at
+                        or job.enqueued_at != entry[1]
                     ):
                         continue  # stale heap entry
+                    if suspects is not None and job.crashes >= request.suspect_crashes:
+                        if suspects <= 0:
+                            passed_over.append(entry)  # keeps its place
+                            continue
+                        suspects -= 1
                     token = new_token()
                     job.attempts += 1
                     job.started_at = now
@@ -236,6 +243,8 @@ class MemoryStorage(Storage):
                     job.cancel_requested = False
                     self._set_state(job, P, now, None, request.server_id)
                     out.append(Lease(self._read(job), token, expires))
+                for entry in passed_over:
+                    heapq.heappush(self._ready[queue], entry)
                 if len(out) >= request.limit:
                     break
         return out

@@ -22,6 +22,15 @@ class ClaimRequest:
 
     Jobs are taken from the first queue first; inside a queue, higher job
     priority first, then oldest first. Paused queues are skipped.
+
+    ``max_suspects`` bounds how many of the claimed jobs may be *suspects*: jobs
+    whose ``crashes`` (times a worker process died while running them) reached
+    ``suspect_crashes``. Suspects beyond the bound are passed over and keep their
+    place for the next claim; ``None`` means no bound. A server counts as suspects
+    the jobs one crash away from quarantine and asks for at most one while it runs
+    none, for none while it runs one: a job that died beside a poison job cannot
+    die beside it again on its last chance, so it is not quarantined for the
+    company it kept.
     """
 
     server_id: str
@@ -29,6 +38,8 @@ class ClaimRequest:
     limit: int
     lease_seconds: float = 30.0
     now: datetime | None = None
+    max_suspects: int | None = None
+    suspect_crashes: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,10 @@ COMMENT ON COLUMN {{schema}}.{{table}}.history IS 'State history: JSON array of 
 -- Claim: Enqueued jobs of one queue by priority, then FIFO.
 CREATE INDEX {{table_claim_idx}} ON {{schema}}.{{table}}
     (queue, priority DESC, enqueued_at, id) WHERE state = 'enqueued';
+-- Enqueued jobs that were running when a worker died (crashes > 0), in claim order:
+-- a claim bounded in suspects finds the few it may take without walking a queue.
+CREATE INDEX {{table_suspects_idx}} ON {{schema}}.{{table}}
+    (queue, priority DESC, enqueued_at, id) WHERE state = 'enqueued' AND crashes > 0;
 -- Activation of due Scheduled / AwaitingRetry jobs.
 CREATE INDEX {{table_due_idx}} ON {{schema}}.{{table}}
     (run_at) WHERE state IN ('scheduled', 'awaiting_retry');

@@ -60,25 +60,45 @@ FROM src WHERE dedup_key IS NULL OR id IN (SELECT job_id FROM dedup)
 RETURNING id
 
 -- name: claim
--- $1 server, $2 queues in priority order, $3 limit, $4 now, $5 lease seconds.
+-- $1 server, $2 queues in priority order, $3 limit, $4 now, $5 lease seconds,
+-- $6 how many suspects (crashes >= $7, $7 >= 1) it may take, NULL: any number.
 -- One LATERAL probe of the claim index per queue; SKIP LOCKED lets concurrent
 -- claimers pass each other; lease token and deadline come from the database.
+-- Suspects beyond $6 (in claim order) are passed over and keep their place; the
+-- few a queue may give are found on the suspects index, not by walking the queue.
 WITH t AS (
     SELECT coalesce($4::timestamptz, now()) AS at
 ), q AS (
     SELECT u.name, u.ord FROM unnest($2::text[]) WITH ORDINALITY AS u(name, ord)
     WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.{{table_paused_queues}} p WHERE p.queue = u.name)
+), s AS (
+    SELECT x.id FROM q CROSS JOIN LATERAL (
+        SELECT j.id FROM {{schema}}.{{table}} j
+        WHERE j.state = 'enqueued' AND j.crashes > 0 AND j.crashes >= $7::int
+          AND j.queue = q.name
+        ORDER BY j.priority DESC, j.enqueued_at, j.id
+        LIMIT $6::int
+    ) x
 ), picked AS (
-    SELECT c.id, row_number() OVER (ORDER BY q.ord, c.priority DESC, c.enqueued_at, c.id) AS rn
+    SELECT c.id, c.crashes,
+           row_number() OVER (ORDER BY q.ord, c.priority DESC, c.enqueued_at, c.id) AS rn
     FROM q CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.enqueued_at FROM {{schema}}.{{table}} j
+        SELECT j.id, j.priority, j.enqueued_at, j.crashes FROM {{schema}}.{{table}} j
         WHERE j.state = 'enqueued' AND j.queue = q.name
+          AND (j.crashes < $7::int OR $6::int IS NULL OR j.id IN (SELECT s.id FROM s))
         ORDER BY j.priority DESC, j.enqueued_at, j.id
         LIMIT $3
         FOR UPDATE SKIP LOCKED
     ) c
     ORDER BY q.ord, c.priority DESC, c.enqueued_at, c.id
     LIMIT $3
+), kept AS (
+    SELECT k.id, k.rn FROM (
+        SELECT p.id, p.rn, p.crashes,
+               count(*) FILTER (WHERE p.crashes >= $7::int) OVER (ORDER BY p.rn) AS nth_suspect
+        FROM picked p
+    ) k
+    WHERE k.crashes < $7::int OR $6::int IS NULL OR k.nth_suspect <= $6::int
 )
 UPDATE {{schema}}.{{table}} AS j SET
     state = 'processing',
@@ -91,9 +111,9 @@ UPDATE {{schema}}.{{table}} AS j SET
     updated_at = t.at,
     history = j.history || {{schema}}.{{table_history_entry}}(
         'processing', t.at, NULL, $1, j.attempts + 1)
-FROM picked, t
-WHERE j.id = picked.id
-RETURNING picked.rn, {{job_columns}}
+FROM kept, t
+WHERE j.id = kept.id
+RETURNING kept.rn, {{job_columns}}
 
 -- name: finish
 -- Outcomes as arrays; each row applies only while the job is Processing under

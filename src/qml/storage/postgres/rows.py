@@ -11,7 +11,7 @@ import orjson
 from ...clock import from_epoch
 from ...errors import SerializationError
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps, dumps_str, loads, loads_meta
+from ...serialization import dumps, dumps_str, loads, loads_args, loads_meta
 from ..requests import JobQuery, MisfirePolicy, Outcome, OutcomeKind, RecurringTemplate, ServerInfo
 
 Row = Mapping[str, Any]
@@ -158,18 +158,11 @@ def finish_params(outcomes: Sequence[Outcome]) -> list[Any]:
     return cols
 
 
-def decode_args(raw: str) -> Any:
-    try:
-        return loads(raw)
-    except SerializationError as exc:
-        return CorruptPayload(raw, str(exc))
-
-
 def row_to_job(row: Row) -> Job:
     result = row["result"]
     return Job(
         method=row["method"],
-        args=decode_args(row["args"]),
+        args=loads_args(row["args"]),
         queue=row["queue"],
         priority=row["priority"],
         max_retries=row["max_retries"],
@@ -190,7 +183,7 @@ def row_to_job(row: Row) -> Job:
         error_type=row["error_type"],
         error=row["error"],
         traceback=row["traceback"],
-        result=decode_args(result) if result is not None else None,
+        result=loads_args(result) if result is not None else None,
         server_id=row["server_id"],
         lease_token=row["lease_token"],
         lease_expires_at=row["lease_expires_at"],
@@ -224,7 +217,7 @@ def row_to_recurring(row: Row) -> RecurringTemplate:
         id=row["id"],
         cron=row["cron"],
         method=row["method"],
-        args=loads(row["args"]),
+        args=loads_args(row["args"]),
         queue=row["queue"],
         timezone=row["timezone"],
         misfire=MisfirePolicy(row["misfire"]),

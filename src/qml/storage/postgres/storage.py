@@ -434,7 +434,15 @@ class PostgresStorage(Storage):
         queues = list(dict.fromkeys(request.queues))
         sql = self._q["claim"]
         params = _utc_args(
-            (request.server_id, queues, request.limit, request.now, float(request.lease_seconds))
+            (
+                request.server_id,
+                queues,
+                request.limit,
+                request.now,
+                float(request.lease_seconds),
+                request.max_suspects,
+                request.suspect_crashes,
+            )
         )
         rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
         rows = sorted(rows, key=lambda r: r["rn"])

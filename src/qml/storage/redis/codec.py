@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from ...clock import ensure_aware
 from ...errors import SerializationError
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps, loads, loads_meta
+from ...serialization import dumps, loads, loads_args, loads_meta
 from ..requests import MisfirePolicy, RecurringTemplate, ServerInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,13 +108,6 @@ def encode_new_job(job: Job, payload: bytes) -> list[Arg]:
     ]
 
 
-def decode_args(raw: bytes) -> Any:
-    try:
-        return loads(raw)
-    except SerializationError as exc:  # corrupt payloads surface as a marker
-        return CorruptPayload(raw.decode("utf-8", "replace"), str(exc))
-
-
 def _history(raw: bytes | None) -> list[StateChange]:
     if not raw:
         return []
@@ -177,7 +169,7 @@ def decode_values(v: Sequence[bytes | None]) -> Job:
         raise KeyError("job hash without method, queue, priority, id, state or created_at")
     return Job(
         method=method.decode(),
-        args=decode_args(b"null" if args is None else args),
+        args=loads_args(b"null" if args is None else args),
         queue=queue.decode(),
         priority=int(priority),
         max_retries=None if max_retries is None else int(max_retries),
@@ -198,7 +190,7 @@ def decode_values(v: Sequence[bytes | None]) -> Job:
         error_type=None if error_type is None else error_type.decode(),
         error=None if error is None else error.decode(),
         traceback=None if traceback is None else traceback.decode(),
-        result=None if result is None else decode_args(result),
+        result=None if result is None else loads_args(result),
         server_id=None if server_id is None else server_id.decode(),
         lease_token=None if lease_token is None else lease_token.decode(),
         lease_expires_at=None if lease_expires is None else from_us(lease_expires),

@@ -6,11 +6,14 @@ A mixin so that ``storage.py`` stays readable; it relies on the storage's
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
+from ...errors import SerializationError
 from ...job import Job
 from ..requests import RecurringClaim, RecurringTemplate, ServerInfo
 from .codec import (
@@ -28,6 +31,26 @@ from .codec import (
 )
 from .errors import hash_reply, text, tokens, translate
 from .keys import RedisKeys
+
+log = logging.getLogger("qml.storage.redis")
+
+
+def _readable(hashes: Iterable[dict[bytes, bytes]]) -> list[tuple[RecurringTemplate, int]]:
+    """Decoded templates with their position; a damaged hash (edited by hand) is
+    logged and skipped, so one cannot stop the others from being listed or fired."""
+    out = []
+    for n, h in enumerate(hashes):
+        try:
+            out.append((decode_template(h), n))
+        except (SerializationError, KeyError, TypeError, ValueError) as exc:
+            name = h.get(b"id", b"?").decode("utf-8", "replace")
+            log.warning(
+                "recurring template %s is damaged and skipped: %s",
+                name,
+                exc,
+                extra={"action": "recurring_damaged"},
+            )
+    return out
 
 
 class RegistryHooks:
@@ -77,7 +100,7 @@ class RegistryHooks:
                 for template_id in ids:
                     pipe.hgetall(self.keys.recurring_key(template_id))
                 replies = await pipe.execute()
-        return [decode_template(h) for h in map(hash_reply, replies) if h]
+        return [t for t, _ in _readable(h for h in map(hash_reply, replies) if h)]
 
     async def _remove_recurring(self, template_id: str) -> bool:
         return bool(await self._script("recurring_update", "", "remove", template_id))
@@ -95,10 +118,8 @@ class RegistryHooks:
             "recurring_claim", opt_us(now), server_id, micros(claim_seconds), limit, tokens(limit)
         )
         at = from_us(reply[0])
-        claims = [
-            RecurringClaim(decode_template(as_hash(reply[i + 1])), text(reply[i]), at)
-            for i in range(1, len(reply), 2)
-        ]
+        hashes = [as_hash(reply[i + 1]) for i in range(1, len(reply), 2)]
+        claims = [RecurringClaim(t, text(reply[1 + 2 * n]), at) for t, n in _readable(hashes)]
         return sorted(claims, key=lambda c: c.template.id)
 
     async def _park_recurring(

@@ -297,6 +297,8 @@ class RedisStorage(RegistryHooks, Storage):
             request.limit,
             tokens(request.limit),
             "" if self._waiting else self._waiter_id,
+            "" if request.max_suspects is None else request.max_suspects,
+            request.suspect_crashes,
             *request.queues,
         )
         self._claim_gen = int(reply[2])

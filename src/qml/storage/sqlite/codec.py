@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from ...job import Job, JobState, StateChange
-from ...serialization import CorruptPayload, dumps
+from ...serialization import dumps, loads_args
 from ..requests import MisfirePolicy, RecurringTemplate, ServerInfo
 
 #: Columns of a full job row, in the order :func:`job_from_row` reads them.
@@ -115,17 +115,6 @@ def job_row(job: Job, payload: bytes) -> tuple[Any, ...]:
     )
 
 
-def decode_args(raw: bytes | str | None) -> Any:
-    """Decoded arguments, or a :class:`CorruptPayload` marker if they are not JSON."""
-    if raw is None:
-        return CorruptPayload("", "arguments are missing")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return CorruptPayload(text, f"corrupt JSON payload: {exc}")
-
-
 def _decode_or(raw: bytes | str | None, default: Any) -> Any:
     if raw is None:
         return default
@@ -174,7 +163,7 @@ def _damaged_history(items: Any) -> list[StateChange]:
 def _result(raw: bytes | str | None) -> Any:
     if raw is None:
         return None
-    return decode_args(raw)
+    return loads_args(raw)
 
 
 def job_from_row(r: Sequence[Any]) -> Job:
@@ -182,7 +171,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
     meta = _decode_or(r[9], {})
     return Job(
         method=r[1],
-        args=decode_args(r[2]),
+        args=loads_args(r[2]),
         queue=r[3],
         priority=r[4],
         max_retries=r[5],
@@ -241,7 +230,7 @@ def recurring_from_row(r: Sequence[Any]) -> RecurringTemplate:
         id=r[0],
         cron=r[1],
         method=r[2],
-        args=decode_args(r[3]),
+        args=loads_args(r[3]),
         queue=r[4],
         timezone=r[5],
         misfire=MisfirePolicy(r[6]),

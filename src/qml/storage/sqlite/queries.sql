@@ -51,7 +51,9 @@ SELECT queue FROM qml_paused_queues ORDER BY queue;
 -- name: claim_jobs
 -- Claim up to ?2 Enqueued jobs of queue ?1 in claim order. ?3 now, ?4 server id,
 -- ?5 token prefix (random per call; the rowid makes each token unique),
--- ?6 lease deadline, ?7 history entry without its attempt number and closing brace.
+-- ?6 lease deadline, ?7 history entry without its attempt number and closing brace,
+-- ?8 how many suspects (crashes >= ?9, ?9 >= 1) it may take, in claim order (-1: any
+-- number); the others are passed over and keep their place.
 UPDATE qml_jobs SET
     state = 'processing',
     attempts = attempts + 1,
@@ -64,7 +66,12 @@ UPDATE qml_jobs SET
     history = json_insert(history, '$[#]', json(?7 || (attempts + 1) || '}'))
 WHERE rowid IN (
     SELECT rowid FROM qml_jobs INDEXED BY qml_jobs_claim
-    WHERE state = 'enqueued' AND queue = ?1
+    WHERE state = 'enqueued' AND queue = ?1 AND (crashes < ?9 OR ?8 < 0 OR rowid IN (
+        SELECT rowid FROM qml_jobs INDEXED BY qml_jobs_suspects
+        WHERE state = 'enqueued' AND crashes > 0 AND crashes >= ?9 AND queue = ?1
+        ORDER BY priority DESC, enqueued_at, id
+        LIMIT ?8
+    ))
     ORDER BY priority DESC, enqueued_at, id
     LIMIT ?2
 )

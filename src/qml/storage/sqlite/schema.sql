@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS qml_jobs (
 -- Claiming: only Enqueued rows, in claim order.
 CREATE INDEX IF NOT EXISTS qml_jobs_claim
     ON qml_jobs (queue, priority DESC, enqueued_at, id) WHERE state = 'enqueued';
+-- Enqueued jobs that were running when a worker died (crashes > 0), in claim order:
+-- a claim bounded in suspects finds the few it may take without walking a queue.
+CREATE INDEX IF NOT EXISTS qml_jobs_suspects
+    ON qml_jobs (queue, priority DESC, enqueued_at, id) WHERE state = 'enqueued' AND crashes > 0;
 -- Oldest Enqueued job per queue, by the time it became Enqueued (dashboard).
 DROP INDEX IF EXISTS qml_jobs_oldest;
 CREATE INDEX IF NOT EXISTS qml_jobs_oldest_enqueued

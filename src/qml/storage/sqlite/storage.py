@@ -63,7 +63,8 @@ class SqliteStorage(SqliteBase):
     ``busy_timeout`` is how long a call waits for another process's write
     lock before it raises :class:`~qml.errors.StorageUnavailableError`.
     ``poll_interval`` is how often a waiting worker checks for work enqueued by
-    other processes.
+    other processes while the file is busy; after 2 s without a change it checks
+    every 0.1 s (or ``poll_interval`` if longer), so an idle worker costs little CPU.
     """
 
     backend_name = "sqlite"
@@ -134,6 +135,7 @@ class SqliteStorage(SqliteBase):
             paused = {r[0] for r in c.execute(Q["paused_queues"])}
             out: list[Lease] = []
             token = secrets.token_hex(12)
+            suspects = request.max_suspects
             for queue in queues:
                 want = request.limit - len(out)
                 if want <= 0:
@@ -150,10 +152,14 @@ class SqliteStorage(SqliteBase):
                         token,
                         expires.timestamp(),
                         prefix,
+                        -1 if suspects is None else suspects,
+                        request.suspect_crashes,
                     ),
                 ).fetchall()
                 if not rows:
                     continue
+                if suspects is not None:
+                    suspects -= sum(1 for r in rows if r[12] >= request.suspect_crashes)
                 rows.sort(key=lambda r: (-r[4], r[15], r[0]))
                 bump_counts(c, Counter({(queue, _E): -len(rows), (queue, _P): len(rows)}))
                 for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from qml.job import Job, JobState, StateChange
@@ -29,6 +30,19 @@ def test_copy_shares_no_containers() -> None:
     clone.history.append(StateChange(JobState.PROCESSING, T0))
     assert job.meta == {"k": 1}
     assert len(job.history) == 1
+
+
+def test_copy_keeps_every_field() -> None:
+    job = Job("m", {"a": [1]}, meta={"k": 1})
+    for n, f in enumerate(dataclasses.fields(Job)):
+        if f.name not in ("method", "args", "meta", "history", "state", "cancel_requested"):
+            setattr(job, f.name, f"value-{n}")  # a distinct value in every field
+    job.state, job.cancel_requested = JobState.FAILED, True
+    clone = job.copy()
+    assert clone == job
+    assert [getattr(clone, f.name) for f in dataclasses.fields(Job)] == [
+        getattr(job, f.name) for f in dataclasses.fields(Job)
+    ]
 
 
 def test_to_dict_is_json_ready() -> None:

@@ -8,9 +8,11 @@ as a :class:`~qml.errors.StorageError` (``from`` the sqlite3 one).
 
 Wake-up: writes that make work available bump ``qml_meta.wake_seq`` in their
 transaction and wake this process's waiters at once. While someone waits, a
-watcher thread polls ``PRAGMA data_version`` on its own read connection (a few
-dozen times a second); when another connection committed, it reads
-``wake_seq`` and wakes the waiters if the number moved past the last one seen.
+watcher thread polls ``PRAGMA data_version`` on its own read connection (every
+``poll_interval`` while the file changed in the last :data:`_BUSY_WINDOW` seconds,
+then at most every :data:`_IDLE_POLL`, so an idle worker costs little CPU); when
+another connection committed, it reads ``wake_seq`` and wakes the waiters if the
+number moved past the last one seen.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 MIN_SQLITE_VERSION = (3, 35, 0)
 #: How long SQLite's own busy handler waits before our retry loop takes over.
 _BUSY_SLICE = 0.05
+#: The watcher polls every ``poll_interval`` while the file changed this recently
+#: (seconds), and at most every ``_IDLE_POLL`` seconds once it has been quiet.
+_BUSY_WINDOW = 2.0
+_IDLE_POLL = 0.1
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -466,6 +472,7 @@ class Database:
     def _watch(self, stop: threading.Event) -> None:
         conn: Conn | None = None
         last_version: int | None = None
+        changed = time.monotonic()  # the last time the file changed
         try:
             conn = sqlite3.connect(self._abspath, timeout=_BUSY_SLICE, isolation_level=None)
             while not stop.is_set():
@@ -478,11 +485,13 @@ class Database:
                     if version != last_version:
                         row = conn.execute(Q["read_meta"], ("wake_seq",)).fetchone()
                         last_version = version
+                        changed = time.monotonic()
                         if row is not None and self._note_seq(int(row[0])):
                             self.waiters.wake_all()
                 except sqlite3.Error as exc:  # locked or briefly unavailable: next tick
                     log.debug("wake-up poll of %s failed: %s", self.path, exc)
-                stop.wait(self.poll_interval)
+                quiet = time.monotonic() - changed > _BUSY_WINDOW
+                stop.wait(max(self.poll_interval, _IDLE_POLL) if quiet else self.poll_interval)
         except sqlite3.Error as exc:
             log.warning("cross-process wake-up for %s stopped: %s", self.path, exc)
         finally:

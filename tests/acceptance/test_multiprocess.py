@@ -176,7 +176,10 @@ async def test_second_sigterm_releases_at_once(
     storage, storage_url = sqlite_storage, sqlite_url
     exec_db = tmp_path / "exec.db"
     await storage.enqueue_many([Job("sleepy", {"seconds": 600}) for _ in range(3)])
-    proc = start_worker(storage_url, exec_db, "--workers", "3", "--shutdown-timeout", "600")
+    log = tmp_path / "worker.log"
+    proc = start_worker(
+        storage_url, exec_db, "--workers", "3", "--shutdown-timeout", "600", log=log
+    )
     try:
 
         async def all_running() -> bool:
@@ -185,10 +188,12 @@ async def test_second_sigterm_releases_at_once(
         await wait_until(all_running, 60, "3 running jobs")
         proc.send_signal(signal.SIGTERM)
 
-        async def waiting() -> bool:
-            return executions(exec_db, "start").total() == 3
+        async def first_handled() -> bool:
+            # two SIGTERMs sent before the first is handled merge into one
+            started = executions(exec_db, "start").total() == 3
+            return started and "received SIGTERM: stopping" in log.read_text()
 
-        await wait_until(waiting, 30, "the jobs to be running")
+        await wait_until(first_handled, 30, "the first SIGTERM to be handled")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

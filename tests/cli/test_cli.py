@@ -161,6 +161,28 @@ def test_worker_burst_runs_jobs_and_exits_zero(url: str, tmp_path: Path) -> None
     assert stats["counts"]["succeeded"] == 5
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_worker_runs_on_the_chosen_event_loop(url: str, tmp_path: Path, loop: str) -> None:
+    pytest.importorskip(loop)
+    for i in range(3):
+        qml("enqueue", "record", "--args", json.dumps({"n": i}), url=url, check=True)
+    os.environ["QML_TEST_EXEC_DB"] = str(tmp_path / "exec.db")
+    try:
+        proc = qml("worker", "tests.acceptance.app:registry", "--burst", "--loop", loop, url=url)
+    finally:
+        del os.environ["QML_TEST_EXEC_DB"]
+    assert proc.returncode == 0, proc.stderr
+    assert f", {loop} loop" in proc.stderr
+    stats = json.loads(qml("stats", "--json", url=url, check=True).stdout)
+    assert stats["counts"]["succeeded"] == 3
+
+
+def test_an_unknown_event_loop_is_refused(url: str) -> None:
+    proc = qml("worker", "tests.acceptance.app:registry", "--burst", "--loop", "tokio", url=url)
+    assert proc.returncode == 2
+    assert "tokio" in proc.stderr
+
+
 def test_bench_reports_every_workload(tmp_path: Path) -> None:
     out = qml("bench", "--jobs", "300", "--latency", url="memory://", check=True).stdout
     for label in ("W1 enqueue one-by-one", "W1 enqueue batched", "W2 drain", "W3 enqueue->start"):

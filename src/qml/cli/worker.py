@@ -14,7 +14,7 @@ import click
 from ..config import ServerConfig, default_server_name
 from ..server import BackgroundJobServer
 from ..storage.factory import mask_url
-from .common import EXIT_USAGE, fail, load_app, open_storage, run, storage_option
+from .common import EXIT_USAGE, LOOPS, fail, load_app, open_storage, run, storage_option
 
 log = logging.getLogger("qml.cli")
 
@@ -114,6 +114,15 @@ async def _watch_supervisor(on_signal: Callable[[int], None]) -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--loop",
+    "event_loop",
+    envvar="QML_LOOP",
+    default="asyncio",
+    show_default=True,
+    type=click.Choice(LOOPS),
+    help="Event loop of the worker; uvloop needs the extra qml-jobs[uvloop].",
+)
 @storage_option
 def worker_cmd(
     app: str,
@@ -132,6 +141,7 @@ def worker_cmd(
     recurring_poll_interval: float,
     recurring_claim_seconds: float,
     log_level: str,
+    event_loop: str,
     storage_url: str,
 ) -> None:
     """Run jobs registered in APP (MODULE:ATTR naming a WorkerRegistry)."""
@@ -202,12 +212,13 @@ def worker_cmd(
         registry.storage = registry.storage or storage
         server = BackgroundJobServer(config, storage, registry, burst=burst)
         log.info(
-            "qml worker %s: %d job(s) registered, storage %s, %d slot(s), queues %s%s",
+            "qml worker %s: %d job(s) registered, storage %s, %d slot(s), queues %s, %s loop%s",
             config.server_name,
             len(registry),
             mask_url(storage_url),
             workers,
             ",".join(queue_list),
+            type(loop).__module__.split(".")[0],  # asyncio or uvloop
             " (burst)" if burst else "",
         )
         watchdog = asyncio.create_task(_watch_supervisor(on_signal))
@@ -219,7 +230,7 @@ def worker_cmd(
         finally:
             await storage.close()
 
-    run(body)
+    run(body, event_loop)
     # The server has stopped cleanly; a late second signal must not turn exit 0 into
     # death by signal while the interpreter shuts down.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

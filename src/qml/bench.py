@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -208,6 +209,7 @@ async def run_bench(
     finally:
         await storage.close()
         os.environ.pop("QML_BENCH_RECORD", None)
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

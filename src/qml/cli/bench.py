@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from .common import run, storage_option
 
@@ -37,6 +36,8 @@ from .common import run, storage_option
 @storage_option
 def bench_cmd(jobs: int, workers: int, processes: int, latency: bool, storage_url: str) -> None:
     """Measure enqueue rate, drain throughput and (with --latency) start latency."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from ..bench import run_bench
 
     with Progress(

@@ -7,8 +7,6 @@ from typing import Any
 
 import click
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from ..clock import ensure_aware
 from ..errors import ConfigurationError
@@ -124,6 +122,9 @@ def jobs_list(
     if as_json:
         _print_json([j.to_dict() for j in items])
         return
+    from rich.console import Console  # the CLI's tables load rich only when drawn
+    from rich.table import Table
+
     table = Table("id", "state", "queue", "method", "attempts", "created", "error")
     for j in items:
         table.add_row(
@@ -157,6 +158,8 @@ def jobs_show(job_id: str, as_json: bool, storage_url: str) -> None:
     if as_json:
         _print_json(data)
         return
+    from rich.console import Console
+
     console = Console()
     for key in (
         "id",
@@ -255,6 +258,9 @@ def stats_cmd(as_json: bool, storage_url: str) -> None:
             }
         )
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("queue", *[s.label for s in JobState], "paused")
     for q in queues:
         table.add_row(q.name, *[str(q.counts[s]) for s in JobState], "yes" if q.paused else "")

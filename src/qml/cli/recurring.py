@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 
 import click
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from .. import recurring
 from ..config import ServerConfig, default_server_name
@@ -61,6 +59,9 @@ def recurring_list(as_json: bool, storage_url: str) -> None:
             orjson.dumps([template_dict(t) for t in items], option=orjson.OPT_INDENT_2).decode()
         )
         return
+    from rich.console import Console  # loaded only when a table is drawn
+    from rich.table import Table
+
     table = Table("id", "cron", "tz", "method", "queue", "next run", "last run", "status")
     for t in items:
         table.add_row(

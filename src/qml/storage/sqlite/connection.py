@@ -284,7 +284,10 @@ class Database:
                     mode,
                 )
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA cache_size = -32000")
+            # 8 MiB of page cache per connection: a queue's hot pages (the claim
+            # index front, recent rows) fit, and a worker's memory stays flat
+            # (32 MiB grew its RSS by half between 10,000 and 100,000 jobs).
+            conn.execute("PRAGMA cache_size = -8192")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA journal_size_limit = 67108864")
             self.transaction(conn, self._create_schema)

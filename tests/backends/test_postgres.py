@@ -790,3 +790,52 @@ async def test_closing_the_storage_closes_its_lanes(storage: PostgresStorage) ->
     assert len(conns) == 2
     await storage.close()
     assert all(c is not None and c.is_closed() for c in conns)
+
+
+# ---------------------------------------------------------------------- vacuum assist
+async def vacuum_count(storage: PostgresStorage) -> int:
+    conn = await asyncpg.connect(storage.config.database_url)
+    try:
+        n = await conn.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+            storage.config.schema_name,
+            storage.config.table_name,
+        )
+        return int(n or 0)
+    finally:
+        await conn.close()
+
+
+async def drain_all(storage: PostgresStorage, n: int) -> None:
+    await storage.enqueue_many([Job("m", {"i": i}) for i in range(n)])
+    while leases := await storage.claim(ClaimRequest("srv", ["default"], 50)):
+        await storage.finish([Outcome.succeed(x, ttl=60) for x in leases])
+
+
+async def test_claims_trigger_a_vacuum_of_the_job_table(pg: Schemas) -> None:
+    """Claims leave dead entries at the front of the claim index, where the next
+    claims start; after every ``vacuum_every`` claimed jobs the table is vacuumed."""
+    storage = await pg.storage(vacuum_every=100)
+    for n in (1, 2):
+        await drain_all(storage, 150)
+
+        async def vacuumed(n: int = n) -> bool:
+            return storage.vacuums >= n and await vacuum_count(storage) >= n
+
+        await until(vacuumed, timeout=60)
+
+
+async def test_no_vacuum_when_vacuum_every_is_0(pg: Schemas) -> None:
+    storage = await pg.storage(vacuum_every=0)
+    await drain_all(storage, 120)
+    assert storage.vacuums == 0
+    assert await vacuum_count(storage) == 0
+
+
+def test_vacuum_every_is_checked_and_read_from_the_url() -> None:
+    cfg = PostgresConfig.from_url("postgresql://u@h/db?qml_vacuum_every=5000&sslmode=disable")
+    assert cfg.vacuum_every == 5000
+    assert cfg.database_url == "postgresql://u@h/db?sslmode=disable"
+    assert PostgresConfig("postgresql://u@h/db").vacuum_every == 20_000
+    with pytest.raises(ConfigurationError, match="vacuum_every"):
+        PostgresConfig("postgresql://u@h/db", vacuum_every=-1)

@@ -26,6 +26,7 @@ URL_OPTIONS = (
     "qml_max_connections",
     "qml_min_connections",
     "qml_auto_migrate",
+    "qml_vacuum_every",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -91,6 +92,12 @@ class PostgresConfig:
     command_timeout: float = 30.0
     schema_name: str = "qml"
     table_name: str = "qml_jobs"
+    #: Vacuum the job table after this many jobs claimed through this instance
+    #: (0: leave it to autovacuum). Every claim leaves a dead entry at the front of
+    #: the claim index, where the next claims start; autovacuum visits a busy table
+    #: about once a minute at most (``autovacuum_naptime``), so without this a
+    #: drain of a large backlog slows down as the dead entries pile up.
+    vacuum_every: int = 20_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.database_url, str) or not self.database_url:
@@ -101,7 +108,7 @@ class PostgresConfig:
                 "database_url must start with postgresql:// "
                 f"(got {mask_password(self.database_url)!r})"
             )
-        for name in ("max_connections", "min_connections"):
+        for name in ("max_connections", "min_connections", "vacuum_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigurationError(f"{name} must be an integer")
@@ -109,6 +116,8 @@ class PostgresConfig:
             raise ConfigurationError("max_connections must be at least 1")
         if not 0 <= self.min_connections <= self.max_connections:
             raise ConfigurationError("min_connections must be between 0 and max_connections")
+        if self.vacuum_every < 0:
+            raise ConfigurationError("vacuum_every must be 0 (off) or a number of jobs")
         for name in ("connect_timeout", "command_timeout"):
             value = getattr(self, name)
             if (
@@ -127,7 +136,7 @@ class PostgresConfig:
             f"auto_migrate={self.auto_migrate}, max_connections={self.max_connections}, "
             f"min_connections={self.min_connections}, connect_timeout={self.connect_timeout}, "
             f"command_timeout={self.command_timeout}, schema_name={self.schema_name!r}, "
-            f"table_name={self.table_name!r})"
+            f"table_name={self.table_name!r}, vacuum_every={self.vacuum_every})"
         )
 
     # ------------------------------------------------------------------ constructors
@@ -137,7 +146,7 @@ class PostgresConfig:
 
         Besides the driver's own options the query string may carry
         ``qml_schema``, ``qml_table``, ``qml_max_connections``,
-        ``qml_min_connections`` and ``qml_auto_migrate``.
+        ``qml_min_connections``, ``qml_auto_migrate`` and ``qml_vacuum_every``.
         """
         parts = urlsplit(url)
         keep: list[tuple[str, str]] = []
@@ -162,6 +171,8 @@ class PostgresConfig:
             )
         if "qml_auto_migrate" in opts:
             kwargs["auto_migrate"] = parse_bool("qml_auto_migrate", opts["qml_auto_migrate"])
+        if "qml_vacuum_every" in opts:
+            kwargs["vacuum_every"] = parse_int("qml_vacuum_every", opts["qml_vacuum_every"])
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod
@@ -207,3 +218,6 @@ class PostgresConfig:
 
     def with_table_name(self, name: str) -> Self:
         return dataclasses.replace(self, table_name=name)
+
+    def with_vacuum_every(self, jobs: int) -> Self:
+        return dataclasses.replace(self, vacuum_every=jobs)

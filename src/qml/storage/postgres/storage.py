@@ -13,6 +13,7 @@ module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -108,6 +109,10 @@ class PostgresStorage(Storage):
         self._closed = False
         self._ready = False
         self._last_compact = 0.0
+        self._claimed_since_vacuum = 0
+        self._vacuum_task: asyncio.Task[None] | None = None
+        #: Vacuums of the job table this instance ran (see PostgresConfig.vacuum_every).
+        self.vacuums = 0
         self._companion = False
         self.synchronous_commit: str | None = None
 
@@ -247,6 +252,11 @@ class PostgresStorage(Storage):
         be reopened (make a new one)."""
         self._closed = True
         self._ready = False
+        vacuum, self._vacuum_task = self._vacuum_task, None
+        if vacuum is not None and not vacuum.done():
+            vacuum.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await vacuum
         listener, pool = self._listener, self._pool
         self._listener = self._pool = None
         lanes, self._lanes = self._lanes, {}
@@ -374,6 +384,39 @@ class PostgresStorage(Storage):
             lambda c: c.execute(sql, *params), action=name, idempotent=idempotent
         )
 
+    def _start_vacuum(self) -> None:
+        if self._vacuum_task is not None and not self._vacuum_task.done():
+            return  # the running one covers these claims too
+        self._claimed_since_vacuum = 0
+        self._vacuum_task = asyncio.create_task(self._vacuum(), name="qml-pg-vacuum")
+
+    async def _vacuum(self) -> None:
+        """VACUUM the job table on a connection of its own (VACUUM cannot run in a
+        transaction), one instance at a time (a session advisory lock; another
+        holder means a vacuum is under way). Best effort: failures are logged."""
+        conn: asyncpg.Connection[Any] | None = None
+        try:
+            conn = await self._connect_lane()
+            key = self.names.lock_key("vacuum")
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                try:
+                    await conn.execute(f"VACUUM {self.names.qualified_table}")
+                    self.vacuums += 1
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a later claim tries again
+            logger.warning(
+                "vacuum of %s failed: %s",
+                self.names.qualified_table,
+                exc,
+                extra={"action": "vacuum_failed"},
+            )
+        finally:
+            if conn is not None:
+                await _close_quietly(conn, self.config.command_timeout)
+
     def _wake(self) -> None:
         """Wake this process's waiters now (our own NOTIFYs are ignored)."""
         self._waiters.wake_all()
@@ -445,6 +488,10 @@ class PostgresStorage(Storage):
             )
         )
         rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
+        if rows and self.config.vacuum_every:
+            self._claimed_since_vacuum += len(rows)
+            if self._claimed_since_vacuum >= self.config.vacuum_every:
+                self._start_vacuum()
         rows = sorted(rows, key=lambda r: r["rn"])
         out = []
         for row in rows:
@@ -683,6 +730,17 @@ class PostgresStorage(Storage):
     def listener(self) -> Listener | None:
         """The LISTEN connection's supervisor (None until opened)."""
         return self._listener
+
+
+async def _close_quietly(conn: asyncpg.Connection[Any], timeout: float) -> None:
+    """Close ``conn``; drop it instead if that fails (a cancellation still propagates)."""
+    try:
+        await asyncio.wait_for(conn.close(), timeout)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:
+        conn.terminate()
 
 
 def _utc_args(args: Sequence[Any]) -> tuple[Any, ...]:

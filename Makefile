@@ -77,5 +77,22 @@ bench-dashboard: $(VENV)/.installed
 	  $(BIN)/python benchmarks/dashboard_scale.py tabs --backend $$b || exit 1; \
 	done
 
+# Scale: SCALE_JOBS no-op jobs queued, one worker process: drain rate (first 10,000 and
+# all, against a store of 10,000), worker RSS and CPU per 1,000 jobs, the claim's plan;
+# then the CPU of an idle worker over 60 s. Each run has its own SQLite file / Redis
+# key prefix / PostgreSQL schema, removed afterwards. Figures go to docs/benchmarks.md by hand.
+SCALE_JOBS ?= 1000000
+SCALE_URLS ?= sqlite:///$(CURDIR)/.bench/scale.db redis://127.0.0.1:6379/7 \
+  postgresql://postgres@127.0.0.1:5432/test
+.PHONY: bench-scale
+bench-scale: $(VENV)/.installed
+	mkdir -p .bench
+	for url in $(SCALE_URLS); do \
+	  $(BIN)/python benchmarks/scale.py run --storage $$url --jobs $(SCALE_JOBS) || exit 1; \
+	done
+	for url in $(SCALE_URLS); do \
+	  $(BIN)/python benchmarks/scale.py idle --storage $$url --seconds 60 || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

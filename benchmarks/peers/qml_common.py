@@ -29,6 +29,7 @@ class QmlBase(Adapter):  # type: ignore[misc]
     packages = ("qml-jobs", "orjson", "pydantic")
     worker_model = "1 `qml worker` process, 10 slots (asyncio tasks for async jobs)"
     notes = "async job via @registry.job; default lease 30 s, heartbeats and batch acks on"
+    loop = "asyncio"  # the worker's event loop (qml worker --loop)
     url = ""
     storage: Storage
 
@@ -69,4 +70,6 @@ class QmlBase(Adapter):  # type: ignore[misc]
             str(concurrency),
             "--log-level",
             "warning",
+            "--loop",
+            self.loop,
         ]

@@ -95,7 +95,9 @@ async def _rolling(
     print(f"rolling deploy on {backend}: {rep.summary()} {extra}")
     record_figures("rolling_deploy", backend, rep, extra)
     assert not rep.lost and not rep.dup and not rep.overlap and not rep.unaudited, rep.summary()
-    assert released >= n, "the older workers never looked at the jobs"
+    # the older workers claimed jobs and gave them back (pausing between claims
+    # that found nothing they can run, so they do not look at every job)
+    assert released >= len(old), "the older workers never looked at the jobs"
 
 
 @pytest.mark.timeout(300)

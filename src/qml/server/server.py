@@ -97,6 +97,13 @@ class BackgroundJobServer:
         self._suspect_crashes = max(1, config.max_crashes - 1)
         self._suspects = 0
         self._suspect_done = asyncio.Event()
+        # Jobs given back because no worker here knows their method, and jobs run,
+        # since the last claim: a server that only finds jobs it cannot run waits a
+        # little before claiming again, so servers that know them get them (a
+        # rolling deploy) instead of losing every race to one that gives them back.
+        self._unknown_given_back = 0
+        self._known_run = 0
+        self._unknown_pause = 0.0
         self._stop_event = asyncio.Event()
         self._force = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -353,6 +360,14 @@ class BackgroundJobServer:
                 self._slot_freed.clear()
                 continue
             want = min(free, cfg.fetch_batch_size)
+            if self._unknown_given_back and not self._known_run:
+                self._unknown_pause = min(1.0, max(0.1, self._unknown_pause * 2))
+                await self._sleep(self._unknown_pause)
+                if self._stop_event.is_set():
+                    return
+            elif self._known_run:
+                self._unknown_pause = 0.0
+            self._unknown_given_back = self._known_run = 0
             sent = time.monotonic()  # the leases cannot end before sent + lease_seconds
             self._suspect_done.clear()
             try:
@@ -472,6 +487,10 @@ class BackgroundJobServer:
         if slot.lost or outcome is None:
             self._held.pop(slot.job_id, None)
             return
+        if outcome.reason == "unknown_method":
+            self._unknown_given_back += 1
+        else:
+            self._known_run += 1
         self._log_outcome(slot, outcome)
         self._pending.append((outcome, slot))
         self._outcome_ready.set()

@@ -90,3 +90,6 @@ WORKER_CRASHED = "worker_crashed"
 #: Reason recorded when an expired lease puts a job back (its holder died).
 #: A job that entered AwaitingRetry with it keeps its queue place when due.
 LEASE_EXPIRED = "lease_expired"
+#: Reason recorded when a server gives back (or, past the window, fails) a job
+#: whose method no worker of its registry knows.
+UNKNOWN_METHOD = "unknown_method"

@@ -21,6 +21,7 @@ from ..errors import SerializationError, ValidationError, WorkerNotFoundError
 from ..job import Job
 from ..retry import RetryPolicy
 from ..serialization import CorruptPayload, check_payload
+from ..states import UNKNOWN_METHOD
 from ..storage.requests import ErrorInfo, Lease, Outcome
 from ..worker import BaseWorker, WorkerContext, WorkerRegistry, WorkerResult
 from .pool import DaemonThreadPool
@@ -103,9 +104,9 @@ class JobProcessor:
         # Both times come from the storage's clock (the claim stamped started_at).
         age = ((now or job.started_at or utcnow()) - job.created_at).total_seconds()
         if age > self.config.unknown_method_window:
-            return self._fail(lease, WorkerNotFoundError(job.method), reason="unknown_method")
+            return self._fail(lease, WorkerNotFoundError(job.method), reason=UNKNOWN_METHOD)
         delay = min(60.0, max(1.0, age / 10))
-        return Outcome.release(lease, delay=delay, reason="unknown_method")
+        return Outcome.release(lease, delay=delay, reason=UNKNOWN_METHOD)
 
     def success(self, lease: Lease, value: Any) -> Outcome:
         try:

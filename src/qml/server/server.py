@@ -16,6 +16,7 @@ from .. import faults, recurring
 from ..config import ServerConfig
 from ..errors import StorageError
 from ..job import JobState
+from ..states import UNKNOWN_METHOD
 from ..storage.base import Storage
 from ..storage.requests import (
     ClaimRequest,
@@ -487,7 +488,7 @@ class BackgroundJobServer:
         if slot.lost or outcome is None:
             self._held.pop(slot.job_id, None)
             return
-        if outcome.reason == "unknown_method":
+        if outcome.reason == UNKNOWN_METHOD:
             self._unknown_given_back += 1
         else:
             self._known_run += 1

@@ -91,6 +91,7 @@ class BackgroundJobServer:
         self._held: dict[str, Slot] = {}
         self._running: set[Slot] = set()
         self._pending: list[tuple[Outcome, Slot]] = []
+        self._carry = storage.combines_finish_and_claim
         self._outcome_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         # Suspects (jobs one crash away from quarantine) run one at a time here,
@@ -371,21 +372,34 @@ class BackgroundJobServer:
             self._unknown_given_back = self._known_run = 0
             sent = time.monotonic()  # the leases cannot end before sent + lease_seconds
             self._suspect_done.clear()
+            request = ClaimRequest(
+                cfg.server_name,
+                cfg.queues,
+                want,
+                cfg.lease_seconds,
+                max_suspects=0 if self._suspects else 1,
+                suspect_crashes=self._suspect_crashes,
+            )
+            # Outcomes ready now ride on this claim where the storage does both
+            # in one go; the flush loop records the others.
+            carried = self._take_outcomes() if self._carry else []
             try:
-                leases = await self.storage.claim(
-                    ClaimRequest(
-                        cfg.server_name,
-                        cfg.queues,
-                        want,
-                        cfg.lease_seconds,
-                        max_suspects=0 if self._suspects else 1,
-                        suspect_crashes=self._suspect_crashes,
+                if carried:
+                    faults.point("job.before_ack")
+                    results, leases = await self.storage.finish_and_claim(
+                        [o for o, _ in carried], request
                     )
-                )
+                    faults.point("job.after_ack")
+                    self._recorded(carried, results)
+                else:
+                    leases = await self.storage.claim(request)
                 backoff = 0.1
                 if leases:
                     faults.point("job.claimed")
             except Exception as exc:
+                if carried:  # recorded or not: the flush loop tries again (tokens guard it)
+                    self._pending[:0] = carried
+                    self._outcome_ready.set()
                 unreachable = isinstance(exc, StorageError)
                 log.warning(
                     "claim failed (%s); retrying in %.1f s",
@@ -540,7 +554,7 @@ class BackgroundJobServer:
             if not self._closing and len(self._pending) < cfg.worker_count and cfg.flush_interval:
                 await asyncio.sleep(cfg.flush_interval)
             self._outcome_ready.clear()
-            batch, self._pending = self._pending, []
+            batch = self._take_outcomes()
             if batch:
                 try:
                     await self._flush(batch)
@@ -554,14 +568,19 @@ class BackgroundJobServer:
                 return
 
     async def _drain_outcomes(self) -> None:
-        batch, self._pending = self._pending, []
+        batch = self._take_outcomes()
         if batch:
             await self._flush(batch)
 
-    async def _flush(self, batch: list[tuple[Outcome, Slot]]) -> None:
-        """Record outcomes; retried while their leases may still hold."""
+    def _take_outcomes(self) -> list[tuple[Outcome, Slot]]:
+        """The outcomes waiting to be recorded, marked as being written."""
+        batch, self._pending = self._pending, []
         for _, slot in batch:
             slot.finishing = True
+        return batch
+
+    async def _flush(self, batch: list[tuple[Outcome, Slot]]) -> None:
+        """Record outcomes; retried while their leases may still hold."""
         delay = 0.05
         while batch:
             try:
@@ -592,6 +611,10 @@ class BackgroundJobServer:
                 delay = min(2.0, delay * 2)
         else:
             return
+        self._recorded(batch, results)
+
+    def _recorded(self, batch: list[tuple[Outcome, Slot]], results: list[bool]) -> None:
+        """Account for outcomes the storage answered (False: the lease was lost)."""
         for (outcome, slot), ok in zip(batch, results, strict=True):
             self._held.pop(slot.job_id, None)
             if ok:

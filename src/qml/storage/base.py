@@ -73,11 +73,28 @@ def _check_name(kind: str, value: object) -> str:
     return value
 
 
+def _claimable(request: ClaimRequest) -> bool:
+    """Check a claim request; False when it cannot claim anything."""
+    if request.limit <= 0 or not request.queues:
+        return False
+    if request.lease_seconds <= 0:
+        raise ConfigurationError("lease_seconds must be positive")
+    if request.max_suspects is not None and request.max_suspects < 0:
+        raise ConfigurationError("max_suspects must be None or >= 0")
+    if request.suspect_crashes < 1:
+        raise ConfigurationError("suspect_crashes must be >= 1")
+    return True
+
+
 class Storage(ABC):
     """Abstract storage for jobs, leases, recurring templates and servers."""
 
     #: Names from the ``CAP_*`` constants this backend supports.
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: True where :meth:`finish_and_claim` costs less than a finish and a claim
+    #: made apart (one transaction or one round trip instead of two): a server
+    #: then carries the outcomes it has ready on its next claim.
+    combines_finish_and_claim: ClassVar[bool] = False
     #: Short backend name: ``memory``, ``sqlite``, ``redis``, ``postgres``.
     backend_name: ClassVar[str] = "abstract"
 
@@ -228,15 +245,35 @@ class Storage(ABC):
         Each claimed job is Processing with a fresh random fencing token, its
         attempt counted, held by ``request.server_id`` until the lease expires.
         """
-        if request.limit <= 0 or not request.queues:
+        if not _claimable(request):
             return []
-        if request.lease_seconds <= 0:
-            raise ConfigurationError("lease_seconds must be positive")
-        if request.max_suspects is not None and request.max_suspects < 0:
-            raise ConfigurationError("max_suspects must be None or >= 0")
-        if request.suspect_crashes < 1:
-            raise ConfigurationError("suspect_crashes must be >= 1")
         return await self._claim(request)
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[Outcome], request: ClaimRequest
+    ) -> tuple[list[bool], list[Lease]]:
+        """Record ``outcomes`` as :meth:`finish` does, then claim as :meth:`claim`
+        does, in one transaction or round trip where the backend can
+        (:attr:`combines_finish_and_claim`). The outcomes are applied first.
+
+        If it raises, the outcomes may or may not have been applied, as with
+        :meth:`finish` alone; each is guarded by its token, so recording them
+        again is safe.
+        """
+        claimable = _claimable(request)
+        if not outcomes:
+            return [], (await self._claim(request) if claimable else [])
+        if not claimable:
+            return await self._finish(outcomes, request.now), []
+        return await self._finish_and_claim(outcomes, request)
+
+    async def _finish_and_claim(
+        self, outcomes: Sequence[Outcome], request: ClaimRequest
+    ) -> tuple[list[bool], list[Lease]]:
+        """Backends that can do both in one go override this (and set
+        :attr:`combines_finish_and_claim`)."""
+        results = await self._finish(outcomes, request.now)
+        return results, await self._claim(request)
 
     async def finish(self, outcomes: Sequence[Outcome], now: datetime | None = None) -> list[bool]:
         """Apply many attempt outcomes in one round trip.

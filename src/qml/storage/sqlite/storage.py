@@ -14,7 +14,7 @@ import os
 import secrets
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,6 +69,7 @@ class SqliteStorage(SqliteBase):
 
     backend_name = "sqlite"
     capabilities = frozenset({CAP_DURABLE, CAP_MULTI_PROCESS})
+    combines_finish_and_claim = True
 
     def __init__(
         self,
@@ -125,6 +126,9 @@ class SqliteStorage(SqliteBase):
 
     # ------------------------------------------------------------------ claim & finish
     async def _claim(self, request: ClaimRequest) -> list[Lease]:
+        return await self._db.write(self._claim_body(request), durable=False)
+
+    def _claim_body(self, request: ClaimRequest) -> Callable[[Conn], list[Lease]]:
         now = self.now(request.now)
         expires = now + timedelta(seconds=request.lease_seconds)
         at = now.timestamp()
@@ -167,15 +171,33 @@ class SqliteStorage(SqliteBase):
                     out.append(Lease(job, r[24], expires))
             return out
 
-        return await self._db.write(body, durable=False)
+        return body
 
     async def _finish(self, outcomes: Sequence[Outcome], now: datetime | None) -> list[bool]:
         at = self.now(now).timestamp()
         return await self._db.run(lambda conn: self._finish_sync(conn, outcomes, at))
 
+    async def _finish_and_claim(
+        self, outcomes: Sequence[Outcome], request: ClaimRequest
+    ) -> tuple[list[bool], list[Lease]]:
+        # One transaction (one commit, one hop to the connection thread) for both.
+        at = self.now(request.now).timestamp()
+        claim = self._claim_body(request)
+
+        def run(conn: Conn) -> tuple[list[bool], list[Lease]]:
+            finish = self._finish_body(outcomes, at)
+            return self._db.transaction(conn, lambda c: (finish(c), claim(c)))
+
+        return await self._db.run(run)
+
     def _finish_sync(self, conn: Conn, outcomes: Sequence[Outcome], at: float) -> list[bool]:
+        return self._db.transaction(conn, self._finish_body(outcomes, at))
+
+    def _finish_body(self, outcomes: Sequence[Outcome], at: float) -> Callable[[Conn], list[bool]]:
+        """The finish transaction's body; results are encoded now, before the
+        write lock is taken."""
         minute = int(at) // 60
-        encoded = [  # results are encoded before the write lock is taken
+        encoded = [
             json_text(o.result) if o.kind is OutcomeKind.SUCCEED and o.result is not None else None
             for o in outcomes
         ]
@@ -241,7 +263,7 @@ class SqliteStorage(SqliteBase):
                     self._db.bump_wake(c)
             return applied
 
-        return self._db.transaction(conn, body)
+        return body
 
     async def _extend_leases(
         self, leases: Sequence[tuple[str, str]], lease_seconds: float, now: datetime | None

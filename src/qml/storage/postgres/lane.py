@@ -1,4 +1,4 @@
-"""A connection of its own for one hot statement (claim, finish), outside the pool.
+"""A connection of its own for one hot statement (enqueue, claim, finish), outside the pool.
 
 Checking a connection out of asyncpg's pool and back costs more client CPU
 than a short queue statement's own work: the pool's queue, its timeout

@@ -449,7 +449,7 @@ class PostgresStorage(Storage):
                 raise self._duplicate(exc) from exc
 
         if connection is None:
-            await self._run(insert, action="enqueue")
+            await self._hot("enqueue", insert)
             self._wake()
         else:
             if not isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):

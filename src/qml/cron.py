@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
-
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from croniter import croniter
+
+# croniter (and dateutil under it) is imported on first use, not at import: a
+# worker that runs no recurring template starts without it.
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class CronSchedule:
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigurationError(f"unknown time zone {self.timezone!r}") from exc
         seconds = len(fields) == 6
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
         if not croniter.is_valid(self.expression, second_at_beginning=seconds):
             raise ConfigurationError(f"invalid cron expression {self.expression!r}")
         try:  # is_valid misses some impossible dates (e.g. 30 February)
@@ -67,6 +74,8 @@ class CronSchedule:
         return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
     def _iter(self, start: datetime) -> croniter:
+        from croniter import croniter
+
         return croniter(
             self.expression, start.astimezone(self._zone), second_at_beginning=self._seconds
         )

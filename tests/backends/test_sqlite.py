@@ -276,6 +276,36 @@ async def test_from_url_opens_a_sqlite_storage(db_path: str) -> None:
         await s.close()
 
 
+async def test_from_url_reads_its_options(db_path: str) -> None:
+    url = f"sqlite:///{db_path}?synchronous=normal&busy_timeout=2.5&poll_interval=0.05"
+    s = await StorageInstance.from_url(url)
+    try:
+        assert isinstance(s, SqliteStorage)
+        assert (s._db.synchronous, s._db.busy_timeout, s._db.poll_interval) == ("NORMAL", 2.5, 0.05)
+        level = await s._db.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        assert level == 1  # NORMAL
+    finally:
+        await s.close()
+    s = await StorageInstance.from_url(f"sqlite:///{db_path}?busy_timeout=1", busy_timeout=7.0)
+    try:  # an explicit keyword wins over the URL
+        assert isinstance(s, SqliteStorage) and s._db.busy_timeout == 7.0
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("journal=wal", "unknown sqlite URL option 'journal'"),
+        ("busy_timeout=soon", "is not a number"),
+        ("synchronous=sometimes", "synchronous must be one of"),
+    ],
+)
+async def test_from_url_refuses_bad_options(db_path: str, query: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        await StorageInstance.from_url(f"sqlite:///{db_path}?{query}")
+
+
 # ---------------------------------------------------------------------- persistence
 async def test_everything_persists_across_close_and_reopen(db_path: str) -> None:
     at = datetime.now(UTC)

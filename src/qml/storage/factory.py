@@ -72,7 +72,7 @@ class StorageInstance:
             from .sqlite import SqliteStorage
 
             path = sqlite_path(url)
-            storage = SqliteStorage(path, **kwargs)
+            storage = SqliteStorage(path, **{**sqlite_options(url), **kwargs})
         elif scheme in ("redis", "rediss", "unix"):
             from .redis import RedisConfig, RedisStorage
 
@@ -104,6 +104,31 @@ def sqlite_path(url: str) -> str:
     if path == ":memory:":
         raise ConfigurationError("use memory:// for in-memory storage")
     return path
+
+
+#: Query-string options of a ``sqlite:///`` URL and their types.
+SQLITE_OPTIONS: dict[str, type] = {
+    "synchronous": str,
+    "busy_timeout": float,
+    "poll_interval": float,
+}
+
+
+def sqlite_options(url: str) -> dict[str, Any]:
+    """``SqliteStorage`` settings from a URL's query string, e.g.
+    ``sqlite:///qml.db?synchronous=NORMAL&busy_timeout=10``."""
+    out: dict[str, Any] = {}
+    for key, value in url_options(url).items():
+        kind = SQLITE_OPTIONS.get(key)
+        if kind is None:
+            raise ConfigurationError(
+                f"unknown sqlite URL option {key!r}: use {', '.join(SQLITE_OPTIONS)}"
+            )
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ConfigurationError(f"sqlite URL option {key}={value!r} is not a number") from None
+    return out
 
 
 def url_options(url: str) -> dict[str, str]:

@@ -679,3 +679,71 @@ def test_a_forked_child_opens_its_own_connection(db_path: str) -> None:
             await s.close()
 
     asyncio.run(parent())
+
+
+# ---------------------------------------------------------------------- WAL sync after a claim
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths of the files fsync'd from now on."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+async def test_outcomes_carried_by_a_claim_are_synced_before_the_next_statement(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """finish_and_claim commits without the fsync and syncs the WAL right after
+    its caller has the reply, on the connection thread, before anything else runs
+    there: nothing can be read or written on top of an unsynced outcome."""
+    async with SqliteStorage(db_path) as s:
+        await s.enqueue_many([Job("m") for _ in range(3)])
+        (lease,) = await s.claim(ClaimRequest("srv", ["default"], 1))
+        events: list[str] = []
+        sync = s._db.sync_wal
+
+        def recorded_sync() -> None:
+            sync()
+            events.append("sync")
+
+        monkeypatch.setattr(s._db, "sync_wal", recorded_sync)
+        synced = record_fsyncs(monkeypatch)
+        results, leases = await s.finish_and_claim(
+            [Outcome.succeed(lease, ttl=60)], ClaimRequest("srv", ["default"], 2)
+        )
+        assert results == [True] and len(leases) == 2
+        await s._db.run(lambda c: events.append("next"))
+        assert events == ["sync", "next"]
+        assert synced == [s._db.path + "-wal"]
+
+
+async def test_no_wal_sync_under_synchronous_normal(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SqliteStorage(db_path, synchronous="NORMAL") as s:
+        await s.enqueue_many([Job("m") for _ in range(2)])
+        (lease,) = await s.claim(ClaimRequest("srv", ["default"], 1))
+        synced = record_fsyncs(monkeypatch)
+        await s.finish_and_claim(
+            [Outcome.succeed(lease, ttl=60)], ClaimRequest("srv", ["default"], 1)
+        )
+        await s._db.run(lambda c: None)
+        assert synced == []
+
+
+async def test_a_missing_wal_needs_no_sync(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with SqliteStorage(db_path) as s:
+        await s.enqueue(Job("m"))
+        await s._db.run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        os.rename(db_path + "-wal", db_path + "-wal.moved")
+        try:
+            synced = record_fsyncs(monkeypatch)
+            await s._db.run(lambda c: None, then=s._db.sync_wal)
+            assert synced == []
+        finally:
+            os.rename(db_path + "-wal.moved", db_path + "-wal")

@@ -317,8 +317,9 @@ class Database:
             conn.close()
 
     # ------------------------------------------------------------------ calls
-    async def run(self, fn: Callable[[Conn], T]) -> T:
-        """Run ``fn(connection)`` on the connection thread (one hop)."""
+    async def run(self, fn: Callable[[Conn], T], *, then: Callable[[], None] | None = None) -> T:
+        """Run ``fn(connection)`` on the connection thread (one hop); ``then`` runs
+        there after the caller has its result, before the thread's next call."""
         executor = self._executor
         if executor is None or self._conn is None or self._pid != os.getpid():
             await self._ensure_open()
@@ -330,7 +331,7 @@ class Database:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
         try:
-            job = executor.submit(self._invoke_for, fn, loop, done)
+            job = executor.submit(self._invoke_for, fn, loop, done, then)
         except RuntimeError as exc:  # shut down by a concurrent close()
             raise StorageUnavailableError(f"SqliteStorage({self.path!r}) is closed") from exc
         try:
@@ -340,7 +341,11 @@ class Database:
             raise
 
     def _invoke_for(
-        self, fn: Callable[[Conn], T], loop: asyncio.AbstractEventLoop, done: asyncio.Future[T]
+        self,
+        fn: Callable[[Conn], T],
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[T],
+        then: Callable[[], None] | None = None,
     ) -> None:
         """Run ``fn`` on the connection thread and settle ``done`` on its loop."""
         try:
@@ -349,6 +354,26 @@ class Database:
             _settle(loop, done, None, exc)
         else:
             _settle(loop, done, result, None)
+            if then is not None:
+                then()
+
+    def sync_wal(self) -> None:
+        """Make every commit so far durable: fsync the WAL file, as a commit under
+        ``synchronous=FULL`` does (connection thread only). A WAL that is gone was
+        checkpointed into the database file, which the checkpoint synced. Nothing
+        to do under ``synchronous=NORMAL`` or ``OFF``: commits are not synced there."""
+        if self.synchronous in ("OFF", "NORMAL"):
+            return
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            log.exception("could not sync the WAL of %s", self.path)
+        finally:
+            os.close(fd)
 
     async def write(self, body: Callable[[Conn], T], *, durable: bool = True) -> T:
         """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction on the connection thread.

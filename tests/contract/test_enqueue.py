@@ -234,6 +234,16 @@ async def test_a_batch_reusing_an_id_writes_nothing(storage: Storage) -> None:
     await storage.enqueue(Job("m", dedup_key="fresh-key"))  # the key was not consumed
 
 
+async def test_a_taken_id_deep_in_a_large_batch_writes_nothing(storage: Storage) -> None:
+    existing = await storage.enqueue(Job("m"))
+    batch = [Job("m", {"i": i}) for i in range(1500)]
+    batch[1200] = Job("m", id=existing)  # in the second thousand
+    with pytest.raises(DuplicateJobError):
+        await storage.enqueue_many(batch)
+    assert await storage.count() == 1
+    assert await storage.get(batch[0].id) is None and await storage.get(batch[1499].id) is None
+
+
 async def test_enqueue_inside_a_transaction_needs_the_capability(storage: Storage) -> None:
     if CAP_TRANSACTIONAL_ENQUEUE in storage.capabilities:
         return  # exercised with a real connection by the backend's own tests

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from qml import Storage
 
+from ..raw_writes import postgres_update, redis_hset, sqlite_update
 from .harness import start_worker
 
 
@@ -31,41 +32,14 @@ async def write_raw_args(storage: Storage, job_id: str, raw: bytes, field: str =
     assert field in ("args", "meta")
     backend = storage.backend_name
     if backend == "sqlite":
-        import sqlite3
-
-        lite = sqlite3.connect(storage.path, timeout=30)  # type: ignore[attr-defined]
-        try:
-            with lite:
-                n = lite.execute(
-                    f"UPDATE qml_jobs SET {field} = CAST(? AS TEXT) WHERE id = ?", (raw, job_id)
-                ).rowcount
-        finally:
-            lite.close()
+        sql = f"UPDATE qml_jobs SET {field} = CAST(? AS TEXT) WHERE id = ?"
+        n = sqlite_update(storage, sql, (raw, job_id))
     elif backend == "postgres":
-        import asyncpg
-
-        from qml.storage.postgres import quote_ident
-
-        cfg = storage.config  # type: ignore[attr-defined]
-        table = f"{quote_ident(cfg.schema_name)}.{quote_ident(cfg.table_name)}"
-        con = await asyncpg.connect(cfg.database_url)
-        try:
-            status = await con.execute(
-                f"UPDATE {table} SET {field} = $1::json WHERE id = $2", raw.decode(), job_id
-            )
-        finally:
-            await con.close()
-        n = int(status.split()[-1])
+        sql = f"UPDATE {{table}} SET {field} = $1::json WHERE id = $2"
+        n = await postgres_update(storage, "", sql, raw.decode(), job_id)
     elif backend == "redis":
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(storage.config.url)  # type: ignore[attr-defined]
-        try:
-            key = storage.keys.job_key(job_id)  # type: ignore[attr-defined]
-            n = 1 if await client.exists(key) else 0
-            await client.hset(key, field, raw)
-        finally:
-            await client.aclose()
+        key = storage.keys.job_key(job_id)  # type: ignore[attr-defined]
+        n = await redis_hset(storage, key, field, raw)
     else:
         raise AssertionError(f"no raw write for {backend}")
     assert n == 1, f"job {job_id} not found in {backend}"

@@ -15,46 +15,21 @@ from qml.server.recurring import RecurringJobPoller
 from qml.storage.base import Storage
 from qml.storage.requests import JobQuery, RecurringTemplate
 
+from ..raw_writes import postgres_update, redis_hset, sqlite_update
+
 
 async def damage(storage: Storage, template_id: str) -> None:
     """Write undecodable arguments (Redis: the whole spec) into one template."""
     backend = storage.backend_name
     if backend == "sqlite":
-        import sqlite3
-
-        lite = sqlite3.connect(storage.path, timeout=30)  # type: ignore[attr-defined]
-        try:
-            with lite:
-                n = lite.execute(
-                    "UPDATE qml_recurring SET args = 'not json' WHERE id = ?", (template_id,)
-                ).rowcount
-        finally:
-            lite.close()
-    elif backend == "postgres":
-        import asyncpg
-
-        from qml.storage.postgres import quote_ident
-
-        cfg = storage.config  # type: ignore[attr-defined]
-        table = f"{quote_ident(cfg.schema_name)}.{quote_ident(cfg.table_name + '_recurring')}"
-        con = await asyncpg.connect(cfg.database_url)
-        try:  # valid for PostgreSQL's json type, out of range for any decoder
-            status = await con.execute(
-                f"UPDATE {table} SET args = '1e999'::json WHERE id = $1", template_id
-            )
-        finally:
-            await con.close()
-        n = int(status.split()[-1])
+        sql = "UPDATE qml_recurring SET args = 'not json' WHERE id = ?"
+        n = sqlite_update(storage, sql, (template_id,))
+    elif backend == "postgres":  # valid for PostgreSQL's json type, out of range for any decoder
+        sql = "UPDATE {table} SET args = '1e999'::json WHERE id = $1"
+        n = await postgres_update(storage, "_recurring", sql, template_id)
     elif backend == "redis":
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(storage.config.url)  # type: ignore[attr-defined]
-        try:
-            key = storage.keys.recurring_key(template_id)  # type: ignore[attr-defined]
-            n = 1 if await client.exists(key) else 0
-            await client.hset(key, "spec", b"{not json")
-        finally:
-            await client.aclose()
+        key = storage.keys.recurring_key(template_id)  # type: ignore[attr-defined]
+        n = await redis_hset(storage, key, "spec", b"{not json")
     else:
         pytest.skip(f"no raw write for {backend}")
     assert n == 1

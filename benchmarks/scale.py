@@ -54,7 +54,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import qml
-from qml.bench import _spawn, noop, registry
+from qml.bench import _enqueue, _spawn, registry
 from qml.job import JobState
 from qml.storage.base import Storage
 from qml.storage.factory import StorageInstance, sqlite_path
@@ -99,20 +99,11 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.name + suffix)
         elif self.kind == "redis":
-            import redis.asyncio as aioredis
-
-            client = aioredis.from_url(self.base)
+            storage = await StorageInstance.from_url(self.url)  # its key prefix is the store
             try:
-                batch: list[bytes] = []
-                async for key in client.scan_iter(match=f"*{self.name}*", count=10_000):
-                    batch.append(key)
-                    if len(batch) >= 10_000:
-                        await client.unlink(*batch)
-                        batch = []
-                if batch:
-                    await client.unlink(*batch)
+                await storage.purge()  # type: ignore[attr-defined]
             finally:
-                await client.aclose()
+                await storage.close()
         else:
             import asyncpg
 
@@ -246,10 +237,7 @@ def marks_for(n: int) -> list[int]:
 
 async def enqueue(storage: Storage, n: int, batch: int) -> float:
     registry.storage = storage
-    t = time.perf_counter()
-    for start in range(0, n, batch):
-        await storage.enqueue_many([noop.build(i) for i in range(start, min(n, start + batch))])
-    return n / (time.perf_counter() - t)
+    return (await _enqueue(storage, n, 0, batch))[1]
 
 
 async def drain(

@@ -145,17 +145,21 @@ async def _wait_seen(record: str, n: int, timeout: float, progress: Any = None) 
         await asyncio.sleep(0.05)
 
 
-async def _enqueue(storage: Storage, n: int, one_by_one: int) -> tuple[float, float]:
+async def _enqueue(
+    storage: Storage, n: int, one_by_one: int, batch: int = 1000
+) -> tuple[float, float]:
+    """Enqueue ``n`` no-op jobs: the first ``one_by_one`` one at a time, the rest in
+    batches; returns both rates (jobs/s, 0 for an empty part)."""
     t = time.perf_counter()
     for i in range(one_by_one):
         await noop.enqueue(i)
     one = one_by_one / (time.perf_counter() - t) if one_by_one else 0.0
     t = time.perf_counter()
-    for start in range(one_by_one, n, 1000):
-        await storage.enqueue_many([noop.build(i) for i in range(start, min(n, start + 1000))])
+    for start in range(one_by_one, n, batch):
+        await storage.enqueue_many([noop.build(i) for i in range(start, min(n, start + batch))])
     batch_n = n - one_by_one
-    batch = batch_n / (time.perf_counter() - t) if batch_n else 0.0
-    return one, batch
+    many = batch_n / (time.perf_counter() - t) if batch_n else 0.0
+    return one, many
 
 
 async def run_bench(

@@ -376,16 +376,26 @@ async def test_every_key_of_a_prefix_is_in_one_slot(
     await workload(storage, "slot")
     assert await storage.claim(ClaimRequest("s", ["q-slot"], 1))  # one job holds a lease
     await storage.wait_for_work(0.01)  # and the storage is registered as waiting
+    interrupt = asyncio.Event()  # and a server is parked on an empty queue
+    parked = asyncio.create_task(
+        storage.wait_for_claim(ClaimRequest("s", ["q-empty"], 2), 30.0, interrupt)
+    )
     client = Redis.from_url(redis_url)
     try:
+        while not await client.hlen(storage.keys.parked):
+            await asyncio.sleep(0.005)
         names = [k.decode() async for k in client.scan_iter(match=storage.keys.pattern, count=5000)]
     finally:
         await client.aclose()
+        interrupt.set()
+    assert await parked == []
     kinds = {suffix for _, _, suffix in LAYOUT if any(
         n == storage.keys.tag + suffix or (suffix.endswith(":") and
                                            n.startswith(storage.keys.tag + suffix))
         for n in names)}  # fmt: skip
-    assert {suffix for _, _, suffix in LAYOUT} - kinds == {":wake"}  # the channel is no key
+    # the channel is no key; a hand-off list lives only until its waiter pops it
+    assert {suffix for _, _, suffix in LAYOUT} - kinds == {":wake", ":hand:"}
+    names.append(storage.keys.hand + "some-park-id")
     assert {key_slot(n.encode()) for n in names} == {key_slot(storage.keys.tag.encode())}
 
 
@@ -757,8 +767,9 @@ async def test_concurrent_claims_and_finishes_share_the_lanes(open_storage: Open
 
 
 def test_claim_script_returns_the_fields_the_codec_reads() -> None:
-    source = (SCRIPT_DIR / "claim.lua").read_text()
-    listed = source[source.index("local FIELDS = {") : source.index("}", source.index("FIELDS"))]
+    source = (SCRIPT_DIR / "_lib.lua").read_text()
+    start = source.index("local JOB_FIELDS = {")
+    listed = source[start : source.index("}", start)]
     fields = tuple(f.encode() for f in re.findall(r"'([a-z_]+)'", listed))
     assert fields == JOB_FIELDS
 

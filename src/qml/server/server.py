@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -423,7 +423,13 @@ class BackgroundJobServer:
                 if self.burst and not leases and await self._burst_finished():
                     self._burst_stop = asyncio.create_task(self.stop())
                     return
-                await self._wait_for_work()
+                # the rest of the slots, with the suspects bound of what now runs
+                rest = replace(
+                    request,
+                    limit=want - len(leases),
+                    max_suspects=0 if self._suspects else 1,
+                )
+                await self._wait_for_work(rest)
 
     async def _burst_finished(self) -> bool:
         if self._running or self._pending:
@@ -447,32 +453,53 @@ class BackgroundJobServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self, request: ClaimRequest) -> None:
+        """Wait for work after a short claim; start what the storage hands over
+        meanwhile (:meth:`Storage.wait_for_claim`)."""
         if self.burst and self._running:
             await self._slot_freed.wait()
             self._slot_freed.clear()
             return
-        waiter = asyncio.create_task(self.storage.wait_for_work(self.config.polling_interval))
+        sent = time.monotonic()  # handed-over leases began after this
+        interrupt = asyncio.Event()
+        waiter = asyncio.create_task(
+            self.storage.wait_for_claim(request, self.config.polling_interval, interrupt)
+        )
         stop = asyncio.create_task(self._stop_event.wait())
         # A suspect passed over while one runs here is claimable once that one ends.
         ended = asyncio.create_task(self._suspect_done.wait()) if self._suspects else stop
         try:
             await asyncio.wait({waiter, stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+            interrupt.set()  # the storage ends its wait, keeping what it claimed
+            await asyncio.wait({waiter})
         finally:
             ended.cancel()
             stop.cancel()
             if not waiter.done():
                 waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await waiter
-        if not waiter.cancelled() and waiter.exception() is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiter
+        if waiter.cancelled():
+            return
+        exc = waiter.exception()
+        if exc is not None:
             # No wake-up signal (storage trouble): fall back to polling, not spinning.
             log.warning(
                 "waiting for work failed (%s); polling",
-                waiter.exception(),
+                exc,
                 extra={"action": "wait_error"},
             )
             await self._sleep(self.config.polling_interval)
+            return
+        leases = waiter.result()
+        if not leases:
+            return
+        faults.point("job.claimed")
+        if self._stop_event.is_set():
+            await self._release_unstarted(leases)
+            return
+        for lease in leases:
+            self._start_slot(lease, sent)
 
     # ------------------------------------------------------------------ running
     def _start_slot(self, lease: Lease, claimed: float) -> None:

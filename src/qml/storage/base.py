@@ -14,6 +14,8 @@ renews many leases (:meth:`Storage.extend_leases`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -95,6 +97,9 @@ class Storage(ABC):
     #: made apart (one transaction or one round trip instead of two): a server
     #: then carries the outcomes it has ready on its next claim.
     combines_finish_and_claim: ClassVar[bool] = False
+    #: :meth:`wait_for_claim` may return jobs claimed for the waiter while it
+    #: waited (handed over by the enqueue that made them ready).
+    hands_off_claims: ClassVar[bool] = False
     #: Short backend name: ``memory``, ``sqlite``, ``redis``, ``postgres``.
     backend_name: ClassVar[str] = "abstract"
 
@@ -575,6 +580,24 @@ class Storage(ABC):
         """
         return await self._wait_for_work(timeout)
 
+    async def wait_for_claim(
+        self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
+    ) -> list[Lease]:
+        """Wait as :meth:`wait_for_work` does, for a server whose last claim
+        (``request``) came back short; return soon after ``interrupt`` is set.
+
+        A storage that :attr:`hands_off_claims` claims for ``request`` while the
+        server waits: it claims at once if jobs are ready, else the enqueue
+        that makes jobs ready claims them for the waiter and hands them over,
+        which saves the wake-up and the claim's round trip. The leases returned
+        belong to the caller (their leases began after this call did), also
+        when ``interrupt`` was set meanwhile: they are never dropped. Other
+        storages return ``[]`` when woken, on timeout or on ``interrupt``.
+        """
+        if not _claimable(request):
+            return await self._wait_interruptibly(timeout, interrupt)
+        return await self._wait_for_claim(request, timeout, interrupt)
+
     # ================================================================== hooks
     @abstractmethod
     async def _enqueue(
@@ -683,3 +706,27 @@ class Storage(ABC):
 
     @abstractmethod
     async def _wait_for_work(self, timeout: float) -> bool: ...
+
+    async def _wait_for_claim(
+        self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
+    ) -> list[Lease]:
+        """Storages that hand off claims override this (and set
+        :attr:`hands_off_claims`)."""
+        return await self._wait_interruptibly(timeout, interrupt)
+
+    async def _wait_interruptibly(self, timeout: float, interrupt: asyncio.Event) -> list[Lease]:
+        if interrupt.is_set():
+            return []
+        waiter = asyncio.create_task(self.wait_for_work(timeout))
+        stop = asyncio.create_task(interrupt.wait())
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if not waiter.cancelled():
+            waiter.result()  # raises what the wait raised
+        return []

@@ -13,7 +13,15 @@ from .keys import check_prefix
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 #: Query parameters of a storage URL that configure qml rather than redis-py.
-_OWN_OPTIONS = ("pool_size", "command_timeout", "key_prefix", "completed_job_ttl")
+_OWN_OPTIONS = ("pool_size", "command_timeout", "key_prefix", "completed_job_ttl", "hand_off")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _flag(value: str, what: str) -> bool:
+    try:
+        return _FLAGS[value.lower()]
+    except KeyError:
+        raise ConfigurationError(f"{what} must be 1 or 0, not {value!r}") from None
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
@@ -40,6 +48,10 @@ class RedisConfig:
     * ``key_prefix``: every key lives under the hash tag ``{key_prefix}``.
     * ``completed_job_ttl``: seconds Succeeded jobs are kept (overrides the
       storage's retention); None keeps the retention default.
+    * ``hand_off``: a server with free slots parks its claim while it waits,
+      and the enqueue that makes jobs ready claims them for it and hands them
+      over (one hop instead of a wake-up, a claim and its reply); False: it
+      is only woken, then claims.
 
     Build one fluently, as in the seed::
 
@@ -51,6 +63,7 @@ class RedisConfig:
     command_timeout: float = 5.0
     key_prefix: str = "qml"
     completed_job_ttl: float | None = None
+    hand_off: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or urlsplit(self.url).scheme not in _SCHEMES:
@@ -65,6 +78,8 @@ class RedisConfig:
             self, "command_timeout", _seconds(self.command_timeout, "command_timeout")
         )
         check_prefix(self.key_prefix)
+        if not isinstance(self.hand_off, bool):
+            raise ConfigurationError("hand_off must be True or False")
         if self.completed_job_ttl is not None:
             object.__setattr__(
                 self, "completed_job_ttl", _seconds(self.completed_job_ttl, "completed_job_ttl")
@@ -76,13 +91,14 @@ class RedisConfig:
         return (
             f"RedisConfig(url={mask_url(self.url)!r}, pool_size={self.pool_size}, "
             f"command_timeout={self.command_timeout}, key_prefix={self.key_prefix!r}, "
-            f"completed_job_ttl={self.completed_job_ttl})"
+            f"completed_job_ttl={self.completed_job_ttl}, hand_off={self.hand_off})"
         )
 
     @classmethod
     def from_url(cls, url: str) -> RedisConfig:
         """A config from a storage URL; ``pool_size``, ``command_timeout``,
-        ``key_prefix`` and ``completed_job_ttl`` may be given as query parameters
+        ``key_prefix``, ``completed_job_ttl`` and ``hand_off`` (1 or 0) may be
+        given as query parameters
         (``redis://host:6379/0?key_prefix=myapp&pool_size=50``)."""
         parts = urlsplit(url)
         own: dict[str, str] = {}
@@ -104,6 +120,7 @@ class RedisConfig:
                 completed_job_ttl=(
                     float(own["completed_job_ttl"]) if own.get("completed_job_ttl") else None
                 ),
+                hand_off=_flag(own.get("hand_off", "1"), "hand_off"),
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid option in Redis URL: {exc}") from exc
@@ -124,3 +141,6 @@ class RedisConfig:
         return replace(
             self, completed_job_ttl=None if ttl is None else _seconds(ttl, "completed_job_ttl")
         )
+
+    def with_hand_off(self, hand_off: bool) -> RedisConfig:
+        return replace(self, hand_off=hand_off)

@@ -22,6 +22,11 @@ Two prefixes on one Redis share nothing::
     {P}:waiters             zset     storages waiting for work, by wait deadline
     {P}:wake                channel  pub/sub: the new wake-up generation (published
                                      only while someone waits)
+    {P}:parked              hash     park id -> JSON claim request of a parked waiter
+    {P}:park:<queue>        zset     park ids of the waiters parked on a queue, by
+                                     the end of their parking
+    {P}:hand:<park id>      list     claims handed to a parked waiter (JSON), or ''
+                                     (it stopped waiting); expires by itself
     {P}:recurring:<id>      hash     one recurring template
     {P}:recurring-index     zset     template ids, score 0 (lex = id order)
     {P}:recurring-due       zset     template ids by next_run_at
@@ -61,6 +66,9 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     ("wake_gen", "K_WAKE_GEN", ":wake-gen"),
     ("waiters", "K_WAITERS", ":waiters"),
     ("wake", "K_WAKE", ":wake"),
+    ("parked", "K_PARKED", ":parked"),
+    ("park", "K_PARK", ":park:"),
+    ("hand", "K_HAND", ":hand:"),
     ("recurring", "K_REC", ":recurring:"),
     ("recurring_index", "K_REC_INDEX", ":recurring-index"),
     ("recurring_due", "K_REC_DUE", ":recurring-due"),
@@ -109,6 +117,9 @@ class RedisKeys:
     wake_gen: str
     waiters: str
     wake: str
+    parked: str
+    park: str
+    hand: str
     recurring: str
     recurring_index: str
     recurring_due: str

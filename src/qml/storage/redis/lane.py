@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -70,6 +70,19 @@ class Lane:
                 return await conn.read_response()
         finally:
             self.busy = False
+
+    async def pop(self, key: str, timeout: float, grace: float) -> bytes | None:
+        """``BLPOP key timeout`` on the lane (it must not be busy): the first
+        element, or None when ``timeout`` seconds passed first. The reply is
+        awaited ``grace`` seconds longer than the pop may block."""
+        self.busy = True
+        try:
+            conn = self._connection()
+            await _send(conn, "BLPOP", key, f"{timeout:.3f}")
+            reply = await conn.read_response(timeout=timeout + grace)
+        finally:
+            self.busy = False
+        return None if reply is None else cast(bytes, reply[1])
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

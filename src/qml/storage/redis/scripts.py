@@ -24,6 +24,7 @@ NAMES = (
     "enqueue", "claim", "finish", "extend", "recover", "activate", "transition", "cancel",
     "list", "oldest", "queue_pause", "recurring_upsert", "recurring_update",
     "recurring_claim", "recurring_park", "delete_expired", "prune", "servers", "wait",
+    "park", "unpark",
 )  # fmt: skip
 
 

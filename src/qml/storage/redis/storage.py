@@ -11,6 +11,7 @@ redis-py errors never escape: they become :class:`StorageUnavailableError`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -77,6 +79,7 @@ class RedisStorage(RegistryHooks, Storage):
     """
 
     backend_name = "redis"
+    hands_off_claims = True
     capabilities = frozenset({CAP_DURABLE, CAP_MULTI_PROCESS, CAP_STORAGE_CLOCK})
 
     #: Ids a single ``list.lua`` call may examine (bounds the time Redis is busy).
@@ -107,6 +110,7 @@ class RedisStorage(RegistryHooks, Storage):
         self._claim_gen: int | None = None
         self._waiter_id = secrets.token_hex(8)
         self._waiting = 0
+        self._parks = 0
         self._open_lock = asyncio.Lock()
         self._companion = False
         self._lanes: dict[str, Lane] = {}
@@ -303,13 +307,7 @@ class RedisStorage(RegistryHooks, Storage):
         )
         self._claim_gen = int(reply[2])
         self._observe(reply[2])
-        expires = from_us(reply[1])
-        leases = []
-        for values in reply[3:]:
-            job = decode_values(values)
-            assert job.lease_token is not None
-            leases.append(Lease(job, job.lease_token, expires))
-        return leases
+        return _leases(from_us(reply[1]), reply[3:])
 
     async def _finish(self, outcomes: Sequence[Outcome], now: datetime | None) -> list[bool]:
         args: list[Arg] = [opt_us(now), len(outcomes)]
@@ -532,6 +530,137 @@ class RedisStorage(RegistryHooks, Storage):
             if int(n) < self.prune_batch:
                 return
 
+    # ------------------------------------------------------------------ hand-off
+    async def _wait_for_claim(
+        self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
+    ) -> list[Lease]:
+        """Park the claim (``park.lua``) and block on the list the hand-off
+        pushes to, while also listening for other wake-ups; see ``hand_off``
+        in ``scripts/_lib.lua``."""
+        if not self.config.hand_off or self._companion:
+            return await self._wait_interruptibly(timeout, interrupt)
+        if self._listener is None:
+            await self.open()
+        listener = self._listener
+        if listener is None or interrupt.is_set():
+            return await self._wait_interruptibly(timeout, interrupt)
+        self._parks += 1
+        park_id = f"{self._waiter_id}.{self._parks}"
+        self._waiting += 1
+        try:
+            try:
+                reply = await self._hot(
+                    "park",
+                    park_id,
+                    self._waiter_id,
+                    micros(timeout + _PARK_GRACE),
+                    request.server_id,
+                    micros(request.lease_seconds),
+                    request.limit,
+                    tokens(request.limit),
+                    "" if request.max_suspects is None else request.max_suspects,
+                    request.suspect_crashes,
+                    *request.queues,
+                )
+            except StorageError as exc:  # Redis unreachable: a plain poll interval
+                log.debug("wait for work without Redis: %s", exc)
+                return await self._wait_interruptibly(timeout, interrupt)
+            leases = _leases(from_us(reply[1]), reply[4:])
+            if leases or not int(reply[3]):
+                return leases
+            return await self._parked(park_id, int(reply[2]), timeout, interrupt, listener)
+        finally:
+            self._waiting -= 1
+
+    async def _parked(
+        self,
+        park_id: str,
+        generation: int,
+        timeout: float,
+        interrupt: asyncio.Event,
+        listener: WakeListener,
+    ) -> list[Lease]:
+        key = self.keys.hand + park_id
+        pop = asyncio.create_task(self._pop(key, timeout + _PARK_GRACE))
+        woke = asyncio.create_task(listener.wait(generation, timeout))
+        stop = asyncio.create_task(interrupt.wait())
+        try:
+            await asyncio.wait({pop, woke, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # end the parking; what was handed over goes back
+            await asyncio.shield(self._abandon(park_id, pop))
+            raise
+        finally:
+            woke.cancel()
+            stop.cancel()
+        nudged = False
+        if not pop.done():  # woken otherwise, interrupted or timed out: stop parking
+            try:
+                await self._script("unpark", park_id, "1")
+                nudged = True
+            except StorageError as exc:
+                log.debug("could not end a parking: %s", exc)
+                pop.cancel()
+        try:
+            claim = await pop
+        except (asyncio.CancelledError, StorageError, OSError, TimeoutError) as exc:
+            if not pop.cancelled():
+                log.debug("hand-off pop failed: %s", exc)
+            return await self._unpark_and_take(park_id)
+        if claim is None:  # the pop timed out: take what came in the meantime
+            return await self._unpark_and_take(park_id)
+        if not claim:  # our own '' (the parking ended)
+            return []
+        if nudged:  # the claim came first: our '' stays behind
+            with contextlib.suppress(StorageError):
+                await self._cmd("DEL", key)
+        return _handed(claim)
+
+    async def _pop(self, key: str, timeout: float) -> bytes | None:
+        lane = self._lanes.get("pop")
+        if lane is None or lane.busy:  # a second parked waiter on this storage
+            client = await self._c()
+            if lane is None:
+                lane = self._lanes["pop"] = Lane(client, self.keys.tag)
+            else:
+                lane = Lane(client, self.keys.tag)
+                try:
+                    with translate("blpop"):
+                        return await lane.pop(key, timeout, self.config.command_timeout)
+                finally:
+                    await lane.close()
+        with translate("blpop"):
+            return await lane.pop(key, timeout, self.config.command_timeout)
+
+    async def _unpark_and_take(self, park_id: str) -> list[Lease]:
+        """End the parking and take the claims handed over before it ended."""
+        try:
+            reply = await self._script("unpark", park_id, "0")
+        except StorageError as exc:  # they come back when their leases expire
+            log.warning(
+                "could not end the parking %s (%s); jobs handed to it return when their"
+                " leases expire",
+                park_id,
+                exc,
+                extra={"action": "redis_unpark_error"},
+            )
+            return []
+        return [lease for claim in reply[1:] for lease in _handed(claim)]
+
+    async def _abandon(self, park_id: str, pop: asyncio.Task[bytes | None]) -> None:
+        """The waiter was cancelled: end the parking and give back what it held."""
+        pop.cancel()
+        with contextlib.suppress(BaseException):
+            await pop
+        with contextlib.suppress(StorageError):
+            await self._give_back(await self._unpark_and_take(park_id))
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        """Release jobs handed over but never taken up (their waiter had gone)."""
+        if leases:
+            await self.finish(
+                [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
+            )
+
     # ------------------------------------------------------------------ wake-up
     async def _wait_for_work(self, timeout: float) -> bool:
         if self._listener is None:
@@ -555,6 +684,28 @@ class RedisStorage(RegistryHooks, Storage):
             return await listener.wait(generation, timeout)
         finally:
             self._waiting -= 1
+
+
+#: How much longer than its wait a parking lasts (and a blocking pop blocks):
+#: the waiter ends it itself; this only bounds a parking whose waiter died.
+_PARK_GRACE = 0.5
+
+
+def _leases(expires: datetime, rows: Sequence[Sequence[Any]]) -> list[Lease]:
+    leases = []
+    for values in rows:
+        job = decode_values(values)
+        assert job.lease_token is not None
+        leases.append(Lease(job, job.lease_token, expires))
+    return leases
+
+
+def _handed(claim: bytes | str) -> list[Lease]:
+    """The leases of one claim pushed by ``hand_off`` (JSON: now, deadline,
+    then each job's values, false for an absent field)."""
+    reply = orjson.loads(claim)
+    rows = [[v.encode() if isinstance(v, str) else None for v in row] for row in reply[2:]]
+    return _leases(from_us(int(reply[1])), rows)
 
 
 def _no_maintenance_notifications() -> dict[str, Any]:

@@ -213,4 +213,117 @@ local function insert(rec, now)
   count(queue, state, 1)
 end
 
+-- The fields of a claimed job returned to the client, in the order of
+-- codec.JOB_FIELDS.
+local JOB_FIELDS = {'method', 'args', 'queue', 'priority', 'max_retries', 'run_at', 'timeout',
+  'dedup_key', 'meta', 'id', 'state', 'attempts', 'crashes', 'created_at', 'updated_at',
+  'enqueued_at', 'started_at', 'finished_at', 'expires_at', 'error_type', 'error', 'traceback',
+  'result', 'server_id', 'lease_token', 'lease_expires_at', 'cancel', 'progress', 'history'}
+local MAX_PASSED = 1000
+
+-- Claim up to `limit` Enqueued jobs for `server` until `deadline` (call
+-- flush() afterwards). `tokens`: limit x 32 hex characters, the fencing token
+-- of each claimed job in turn. `suspects`: how many suspects (jobs with at
+-- least `suspect_crashes` crashes) it may take, nil for any. `queues` are
+-- taken in order (paused ones skipped); inside a queue by priority desc, then
+-- enqueued_at, then id (the ready member order). Suspects beyond the bound are
+-- passed over and put back with their score (they keep their place); at most
+-- MAX_PASSED per call, then the queue is left. Appends each claimed job's
+-- JOB_FIELDS values to `out` and returns how many it claimed.
+local function claim_jobs(out, now, server, deadline, limit, tokens, suspects, suspect_crashes,
+                          queues)
+  local got = 0
+  local snow, sdeadline = n2s(now), n2s(deadline)
+  for _, queue in ipairs(queues) do
+    if got >= limit then break end
+    if redis.call('SISMEMBER', K_PAUSED, queue) == 0 then
+      local rk = K_READY .. queue
+      local passed = {}  -- score, member, ... of the suspects passed over
+      while got < limit and #passed < 2 * MAX_PASSED do
+        local popped = redis.call('ZPOPMIN', rk, limit - got)
+        if #popped == 0 then break end
+        for p = 1, #popped, 2 do
+          local id = string.sub(popped[p], 17)
+          local jk = K_JOB .. id
+          local st = redis.call('HMGET', jk, 'state', 'attempts', 'queue', 'history', 'crashes')
+          local take = st[1] == ENQ and st[3] == queue
+          if take and suspects ~= nil and tonumber(st[5] or '0') >= suspect_crashes then
+            if suspects > 0 then
+              suspects = suspects - 1
+            else
+              take = false
+              passed[#passed + 1] = popped[p + 1]
+              passed[#passed + 1] = popped[p]
+            end
+          end
+          if take then
+            got = got + 1
+            local attempts = tonumber(st[2]) + 1
+            redis.call('HSET', jk, 'state', PRO, 'attempts', attempts, 'started_at', snow,
+              'updated_at', snow, 'server_id', server,
+              'lease_token', string.sub(tokens, got * 32 - 31, got * 32),
+              'lease_expires_at', sdeadline,
+              'history', append(st[4], entry(PRO, now, nil, server, attempts)))
+            zadd(K_LEASES, deadline, id)
+            zrem(K_STATE .. ENQ, id)
+            zadd(K_STATE .. PRO, 0, id)
+            count(queue, ENQ, -1)
+            count(queue, PRO, 1)
+            out[#out + 1] = redis.call('HMGET', jk, unpack(JOB_FIELDS))
+          end
+        end
+      end
+      if #passed > 0 then redis.call('ZADD', rk, unpack(passed)) end
+    end
+  end
+  return got
+end
+
+-- Hand-off to parked waiters. A storage that found nothing to claim parks:
+-- its claim request waits in K_PARKED (JSON, see park.lua) and its park id in
+-- K_PARK..queue for each of its queues, scored by the end of its parking. A
+-- script that makes jobs of `queue` ready calls hand_off (after flush()): it
+-- claims for the longest-parked waiter exactly as claim_jobs would for that
+-- request, ends its parking and pushes the claim to its list K_HAND..id, on
+-- which the waiter blocks; a waiter that ended its parking itself finds ''.
+-- Call flush() afterwards. Returns true when the queue's ready jobs were all
+-- taken (nobody else needs a wake-up for them).
+local MAX_HAND_OFFS = 16
+local HAND_TTL_MS = 600000  -- a list whose waiter died goes away by itself
+
+local function unpark(id, request)
+  redis.call('HDEL', K_PARKED, id)
+  for _, q in ipairs(request.queues) do redis.call('ZREM', K_PARK .. q, id) end
+end
+
+local function hand_off(queue, now)
+  local pk = K_PARK .. queue
+  for _ = 1, MAX_HAND_OFFS do
+    local first = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
+    if #first == 0 then return false end
+    local id = first[1]
+    local raw = redis.call('HGET', K_PARKED, id)
+    if not raw or tonumber(first[2]) <= now then  -- its parking is over (or it died)
+      redis.call('ZREM', pk, id)
+      if raw then unpark(id, cjson.decode(raw)) end
+    else
+      local r = cjson.decode(raw)
+      local deadline = now + r.lease
+      local out = {now, deadline}
+      local suspects = r.suspects
+      if suspects < 0 then suspects = nil end
+      if claim_jobs(out, now, r.server, deadline, r.limit, r.tokens, suspects, r.crashes,
+                    r.queues) == 0 then
+        return false  -- nothing it may take (a paused queue, suspects): it stays parked
+      end
+      unpark(id, r)
+      local hk = K_HAND .. id
+      redis.call('RPUSH', hk, cjson.encode(out))
+      redis.call('PEXPIRE', hk, HAND_TTL_MS)
+      if redis.call('ZCARD', K_READY .. queue) == 0 then return true end
+    end
+  end
+  return false
+end
+
 -- ------------------------------------------------------------------ script

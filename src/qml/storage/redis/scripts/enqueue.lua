@@ -1,11 +1,14 @@
--- enqueue.lua: store new jobs, all or none.
+-- enqueue.lua: store new jobs, all or none; hand them to parked waiters.
 -- KEYS[1]: the tag {P} (key names from keys.py); writes K_JOB..id, K_READY..queue,
---       K_STATE..state, K_ALL, K_DUE, K_COUNTS, K_DEDUP, K_DEDUP_AT; wakes K_WAKE.
+--       K_STATE..state, K_ALL, K_DUE, K_COUNTS, K_DEDUP, K_DEDUP_AT; hands off
+--       through K_PARK..queue, K_PARKED and K_HAND..id (see hand_off in _lib.lua);
+--       wakes K_WAKE.
 -- ARGV[1] now (µs) or '' for Redis TIME
 -- ARGV[2] number of jobs
 -- ARGV[3..] per job: id, queue, priority, run_at|'', dedup_key|'', n, n x (field, value)
 -- Returns {1, wake generation} or {0, reason} when an id or a dedup key is taken
--- (then nothing is written).
+-- (then nothing is written). The generation is 0 when parked waiters took
+-- every new job: nobody else is woken.
 local now = clock(ARGV[1])
 local total = tonumber(ARGV[2])
 local recs = {}
@@ -26,8 +29,22 @@ for j = 1, total do
   end
   recs[j] = rec
 end
+local ready = {}  -- queues that got Enqueued jobs
+local scheduled = false
 for j = 1, total do
-  insert(recs[j], now)
+  local rec = recs[j]
+  insert(rec, now)
+  if rec.run_at and tonumber(rec.run_at) > now then
+    scheduled = true
+  else
+    ready[rec.queue] = true
+  end
+end
+flush()  -- the ready zsets are written before a hand-off claims from them
+local taken = not scheduled
+for queue in pairs(ready) do
+  if not hand_off(queue, now) then taken = false end
 end
 flush()
+if taken then return {1, 0} end
 return {1, wake()}

@@ -71,10 +71,11 @@ async def test_each_parked_waiter_gets_its_own_jobs(open_storage: Open) -> None:
     assert [x.job_id for x in got_b] == ids[1:]
     for lease, server in ((got_a[0], "a"), (got_b[0], "b"), (got_b[1], "b")):
         job = await a.get_job(lease.job_id)
-        assert (job.state, job.server_id, job.lease_token) == (
+        assert (job.state, job.server_id, job.lease_token, job.lease_expires_at) == (
             JobState.PROCESSING,
             server,
             lease.token,
+            lease.expires_at,  # to the microsecond
         )
     assert await _wake_generation(a) == before  # every job taken: nobody else was woken
     assert await a._cmd("HLEN", a.keys.parked) == 0

@@ -158,7 +158,10 @@ class JobProcessor:
         faults.point("job.running")
         try:
             if worker.is_async:
-                ok, value = await asyncio.wait_for(_call_async(worker, job, ctx), timeout)
+                # in this task (wait_for would start the job in a task of its own,
+                # one turn of the event loop later)
+                async with asyncio.timeout(timeout):
+                    ok, value = await _call_async(worker, job, ctx)
             else:
                 fut = self.pool.submit(_call_sync, worker, job, ctx)
                 try:

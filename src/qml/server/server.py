@@ -98,7 +98,9 @@ class BackgroundJobServer:
         # beside jobs that are not: see ClaimRequest.max_suspects.
         self._suspect_crashes = max(1, config.max_crashes - 1)
         self._suspects = 0
-        self._suspect_done = asyncio.Event()
+        # Ends a wait for work: set when stop begins and when a suspect ends (a
+        # suspect passed over while one ran here is claimable once that one ends).
+        self._wait_over = asyncio.Event()
         # Jobs given back because no worker here knows their method, and jobs run,
         # since the last claim: a server that only finds jobs it cannot run waits a
         # little before claiming again, so servers that know them get them (a
@@ -217,6 +219,7 @@ class BackgroundJobServer:
             return
         self._stopping = True
         self._stop_event.set()
+        self._wait_over.set()
         if self._started and not self._start_done.is_set():
             await self._start_done.wait()  # stop() raced a start() still opening storage
         if not self._started or not self._tasks:
@@ -371,7 +374,7 @@ class BackgroundJobServer:
                 self._unknown_pause = 0.0
             self._unknown_given_back = self._known_run = 0
             sent = time.monotonic()  # the leases cannot end before sent + lease_seconds
-            self._suspect_done.clear()
+            self._rearm_wait()
             request = ClaimRequest(
                 cfg.server_name,
                 cfg.queues,
@@ -425,11 +428,20 @@ class BackgroundJobServer:
                     return
                 # the rest of the slots, with the suspects bound of what now runs
                 rest = replace(
-                    request,
-                    limit=want - len(leases),
-                    max_suspects=0 if self._suspects else 1,
+                    request, limit=want - len(leases), max_suspects=0 if self._suspects else 1
                 )
-                await self._wait_for_work(rest)
+                while await self._wait_for_work(rest) and self.storage.hands_off_claims:
+                    # Jobs were handed over: wait again for the slots still free.
+                    # The storage claims before it parks, so no claim of our own.
+                    free = cfg.worker_count - len(self._running)
+                    if free <= 0 or self._stop_event.is_set() or self._unknown_given_back:
+                        break
+                    self._rearm_wait()
+                    rest = replace(
+                        request,
+                        limit=min(free, cfg.fetch_batch_size),
+                        max_suspects=0 if self._suspects else 1,
+                    )
 
     async def _burst_finished(self) -> bool:
         if self._running or self._pending:
@@ -453,36 +465,29 @@ class BackgroundJobServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
-    async def _wait_for_work(self, request: ClaimRequest) -> None:
-        """Wait for work after a short claim; start what the storage hands over
-        meanwhile (:meth:`Storage.wait_for_claim`)."""
+    def _rearm_wait(self) -> None:
+        """A claim is about to be made: what ended the last wait is seen by it."""
+        if not self._stop_event.is_set():
+            self._wait_over.clear()
+
+    async def _wait_for_work(self, request: ClaimRequest) -> int:
+        """Wait for work after a short claim (``request`` asks for the rest of the
+        slots); start what the storage hands over meanwhile
+        (:meth:`Storage.wait_for_claim`). Returns how many jobs it started."""
         if self.burst and self._running:
             await self._slot_freed.wait()
             self._slot_freed.clear()
-            return
+            return 0
+        if self.storage.hands_off_claims:
+            # Its wait begins with a request (which can cost the sender the
+            # receiver's wake-up on a local socket): let jobs just started begin first.
+            await asyncio.sleep(0)
         sent = time.monotonic()  # handed-over leases began after this
-        interrupt = asyncio.Event()
-        waiter = asyncio.create_task(
-            self.storage.wait_for_claim(request, self.config.polling_interval, interrupt)
-        )
-        stop = asyncio.create_task(self._stop_event.wait())
-        # A suspect passed over while one runs here is claimable once that one ends.
-        ended = asyncio.create_task(self._suspect_done.wait()) if self._suspects else stop
         try:
-            await asyncio.wait({waiter, stop, ended}, return_when=asyncio.FIRST_COMPLETED)
-            interrupt.set()  # the storage ends its wait, keeping what it claimed
-            await asyncio.wait({waiter})
-        finally:
-            ended.cancel()
-            stop.cancel()
-            if not waiter.done():
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await waiter
-        if waiter.cancelled():
-            return
-        exc = waiter.exception()
-        if exc is not None:
+            leases = await self.storage.wait_for_claim(
+                request, self.config.polling_interval, self._wait_over
+            )
+        except Exception as exc:
             # No wake-up signal (storage trouble): fall back to polling, not spinning.
             log.warning(
                 "waiting for work failed (%s); polling",
@@ -490,16 +495,16 @@ class BackgroundJobServer:
                 extra={"action": "wait_error"},
             )
             await self._sleep(self.config.polling_interval)
-            return
-        leases = waiter.result()
+            return 0
         if not leases:
-            return
+            return 0
         faults.point("job.claimed")
         if self._stop_event.is_set():
             await self._release_unstarted(leases)
-            return
+            return 0
         for lease in leases:
             self._start_slot(lease, sent)
+        return len(leases)
 
     # ------------------------------------------------------------------ running
     def _start_slot(self, lease: Lease, claimed: float) -> None:
@@ -525,7 +530,7 @@ class BackgroundJobServer:
             self._slot_freed.set()
             if slot.lease.job.crashes >= self._suspect_crashes:
                 self._suspects -= 1
-                self._suspect_done.set()
+                self._wait_over.set()
         if slot.lost or outcome is None:
             self._held.pop(slot.job_id, None)
             return

@@ -580,39 +580,28 @@ class RedisStorage(RegistryHooks, Storage):
         interrupt: asyncio.Event,
         listener: WakeListener,
     ) -> list[Lease]:
-        key = self.keys.hand + park_id
-        pop = asyncio.create_task(self._pop(key, timeout + _PARK_GRACE))
-        woke = asyncio.create_task(listener.wait(generation, timeout))
-        stop = asyncio.create_task(interrupt.wait())
+        # The pop runs in this task, so a claim handed over is returned without
+        # another turn of the event loop; a watcher ends the pop (with the '' of
+        # unpark.lua) when the waiter is woken otherwise, interrupted or timed out.
+        watch = _Watch(self, park_id)
+        watcher = asyncio.create_task(watch.run(generation, timeout, interrupt, listener))
         try:
-            await asyncio.wait({pop, woke, stop}, return_when=asyncio.FIRST_COMPLETED)
+            claim = await self._pop(self.keys.hand + park_id, timeout + _PARK_GRACE)
         except asyncio.CancelledError:  # end the parking; what was handed over goes back
-            await asyncio.shield(self._abandon(park_id, pop))
+            await asyncio.shield(self._abandon(park_id, watcher))
             raise
-        finally:
-            woke.cancel()
-            stop.cancel()
-        nudged = False
-        if not pop.done():  # woken otherwise, interrupted or timed out: stop parking
-            try:
-                await self._script("unpark", park_id, "1")
-                nudged = True
-            except StorageError as exc:
-                log.debug("could not end a parking: %s", exc)
-                pop.cancel()
-        try:
-            claim = await pop
-        except (asyncio.CancelledError, StorageError, OSError, TimeoutError) as exc:
-            if not pop.cancelled():
-                log.debug("hand-off pop failed: %s", exc)
+        except (StorageError, OSError, TimeoutError) as exc:
+            log.debug("hand-off pop failed: %s", exc)
+            await watch.stop(watcher)
             return await self._unpark_and_take(park_id)
+        nudged = await watch.stop(watcher)
         if claim is None:  # the pop timed out: take what came in the meantime
             return await self._unpark_and_take(park_id)
-        if not claim:  # our own '' (the parking ended)
+        if not claim:  # the watcher's '' (the parking ended)
             return []
-        if nudged:  # the claim came first: our '' stays behind
+        if nudged:  # the claim came first: the watcher's '' stays behind
             with contextlib.suppress(StorageError):
-                await self._cmd("DEL", key)
+                await self._cmd("DEL", self.keys.hand + park_id)
         return _handed(claim)
 
     async def _pop(self, key: str, timeout: float) -> bytes | None:
@@ -646,11 +635,11 @@ class RedisStorage(RegistryHooks, Storage):
             return []
         return [lease for claim in reply[1:] for lease in _handed(claim)]
 
-    async def _abandon(self, park_id: str, pop: asyncio.Task[bytes | None]) -> None:
+    async def _abandon(self, park_id: str, watcher: asyncio.Task[None]) -> None:
         """The waiter was cancelled: end the parking and give back what it held."""
-        pop.cancel()
+        watcher.cancel()
         with contextlib.suppress(BaseException):
-            await pop
+            await watcher
         with contextlib.suppress(StorageError):
             await self._give_back(await self._unpark_and_take(park_id))
 
@@ -684,6 +673,40 @@ class RedisStorage(RegistryHooks, Storage):
             return await listener.wait(generation, timeout)
         finally:
             self._waiting -= 1
+
+
+class _Watch:
+    """Ends a parked waiter's blocking pop when something else comes first."""
+
+    def __init__(self, storage: RedisStorage, park_id: str) -> None:
+        self.storage = storage
+        self.park_id = park_id
+        self.ending = False  # unpark.lua was sent: its '' is on the way to the pop
+
+    async def run(
+        self, generation: int, timeout: float, interrupt: asyncio.Event, listener: WakeListener
+    ) -> None:
+        woke = asyncio.create_task(listener.wait(generation, timeout))
+        stop = asyncio.create_task(interrupt.wait())
+        try:
+            await asyncio.wait({woke, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woke.cancel()
+            stop.cancel()
+        self.ending = True
+        try:
+            await self.storage._script("unpark", self.park_id, "1")
+        except StorageError as exc:  # the pop ends by its own timeout
+            log.debug("could not end a parking: %s", exc)
+
+    async def stop(self, watcher: asyncio.Task[None]) -> bool:
+        """The pop returned: stop watching. True if the watcher ended the parking."""
+        if not self.ending:
+            watcher.cancel()  # not awaited: the claimed jobs need not wait for it
+            return False
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        return True
 
 
 #: How much longer than its wait a parking lasts (and a blocking pop blocks):

@@ -309,7 +309,7 @@ local function hand_off(queue, now)
     else
       local r = cjson.decode(raw)
       local deadline = now + r.lease
-      local out = {now, deadline}
+      local out = {n2s(now), n2s(deadline)}  -- as text: cjson keeps 14 digits
       local suspects = r.suspects
       if suspects < 0 then suspects = nil end
       if claim_jobs(out, now, r.server, deadline, r.limit, r.tokens, suspects, r.crashes,

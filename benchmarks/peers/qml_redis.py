@@ -11,7 +11,10 @@ DB = 7
 class QmlRedis(QmlBase):
     backend = "redis"
     url = redis_url(DB)
-    notes = QmlBase.notes + "; Lua scripts by SHA; wake-up by pub/sub; worker on uvloop"
+    notes = QmlBase.notes + (
+        "; Lua scripts by SHA; an idle worker is handed new jobs by the enqueue script;"
+        " worker on uvloop"
+    )
     loop = "uvloop"  # measured: -7 % CPU per job, -10 % start latency (docs/benchmarks.md)
 
     async def setup(self) -> None:

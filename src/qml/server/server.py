@@ -430,9 +430,13 @@ class BackgroundJobServer:
                 rest = replace(
                     request, limit=want - len(leases), max_suspects=0 if self._suspects else 1
                 )
-                while await self._wait_for_work(rest) and self.storage.hands_off_claims:
-                    # Jobs were handed over: wait again for the slots still free.
-                    # The storage claims before it parks, so no claim of our own.
+                while True:
+                    await self._wait_for_work(rest)
+                    if not self.storage.hands_off_claims or self.burst:
+                        break
+                    # Where the storage claims before it parks (hands_off_claims), a
+                    # claim of our own would only repeat it: wait again at once, for
+                    # the slots still free, after a hand-off, a wake-up or a timeout.
                     free = cfg.worker_count - len(self._running)
                     if free <= 0 or self._stop_event.is_set() or self._unknown_given_back:
                         break

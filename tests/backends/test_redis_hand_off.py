@@ -6,6 +6,7 @@ one gives them back, a failed pop still takes them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from qml.job import Job, JobState
 from qml.storage.redis import RedisConfig, RedisStorage
 from qml.storage.redis.codec import micros
 from qml.storage.redis.errors import tokens
+from qml.storage.redis.lane import Lane
 from qml.storage.requests import ClaimRequest, RecoverRequest
 
 Open = Callable[..., Awaitable[RedisStorage]]
@@ -238,3 +240,69 @@ async def test_an_idle_server_is_handed_its_jobs(open_storage: Open) -> None:
         await server.stop()
     assert ran == [0, 1, 2, 3, 4]
     assert await storage._cmd("HLEN", storage.keys.parked) == 0  # stop ended the parking
+
+
+async def test_a_pop_that_fails_every_time_raises_instead_of_parking_again(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await open_storage()
+
+    async def refused_pop(key: str, timeout: float) -> bytes | None:
+        raise StorageUnavailableError("NOPERM this user has no permissions to run 'blpop'")
+
+    monkeypatch.setattr(storage, "_pop", refused_pop)
+    with pytest.raises(StorageUnavailableError, match="blocking pop"):
+        await storage.wait_for_claim(_request(), 30.0, asyncio.Event())
+    assert await storage._cmd("HLEN", storage.keys.parked) == 0  # the parking ended
+    job_id = await storage.enqueue(Job("m"))
+    assert (await storage.get_job(job_id)).state is JobState.ENQUEUED
+
+
+async def test_a_wait_cancelled_as_it_parks_leaves_no_parking(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await open_storage()
+    real_hot = storage._hot
+
+    async def cancelled_after_park(name: str, *args: Any) -> Any:
+        reply = await real_hot(name, *args)
+        if name == "park":  # the script ran; the reply never reaches the waiter
+            raise asyncio.CancelledError
+        return reply
+
+    monkeypatch.setattr(storage, "_hot", cancelled_after_park)
+    with pytest.raises(asyncio.CancelledError):
+        await storage.wait_for_claim(_request(), 30.0, asyncio.Event())
+    assert await storage._cmd("HLEN", storage.keys.parked) == 0
+    job_id = await storage.enqueue(Job("m"))
+    assert (await storage.get_job(job_id)).state is JobState.ENQUEUED
+
+
+async def test_a_pop_given_up_leaves_nothing_for_the_next_one(open_storage: Open) -> None:
+    storage = await open_storage()
+    client = await storage._c()
+    lane = Lane(client, storage.keys.tag)
+    a, b = storage.keys.hand + "a", storage.keys.hand + "b"
+    try:
+        # the reply is awaited for less time than the pop may block (a stalled
+        # server looks the same): the pop is given up while Redis still holds it
+        assert await lane.pop(a, 5.0, -4.9) is None
+        await storage._cmd("RPUSH", a, "for-a")
+        assert await lane.pop(b, 0.05, 5.0) is None  # not a's element
+    finally:
+        await lane.close()
+        await storage._cmd("DEL", a, b)
+
+
+async def test_an_immediate_claim_keeps_another_wait_registered(open_storage: Open) -> None:
+    storage = await open_storage()  # two servers on one storage: one waits, one claims
+    waiting = asyncio.create_task(storage.wait_for_work(30.0))
+    while await storage._cmd("ZSCORE", storage.keys.waiters, storage._waiter_id) is None:
+        await asyncio.sleep(0.002)
+    await storage.enqueue(Job("m", queue="other"))
+    leases = await storage.wait_for_claim(_request(queue="other"), 30.0, asyncio.Event())
+    assert len(leases) == 1  # claimed by the park itself
+    assert await storage._cmd("ZSCORE", storage.keys.waiters, storage._waiter_id) is not None
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting

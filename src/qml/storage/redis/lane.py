@@ -80,6 +80,11 @@ class Lane:
             conn = self._connection()
             await _send(conn, "BLPOP", key, f"{timeout:.3f}")
             reply = await conn.read_response(timeout=timeout + grace)
+            if reply is None:
+                # Either BLPOP's own timeout (a nil reply) or ours: after ours the
+                # reply may still come, and the next pop on this connection would
+                # read it. Both are rare (an unpark ends a pop first): drop it.
+                await conn.disconnect(nowait=True)
         finally:
             self.busy = False
         return None if reply is None else cast(bytes, reply[1])

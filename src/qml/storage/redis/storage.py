@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ...clock import Clock
-from ...errors import DuplicateJobError, StorageError
+from ...errors import DuplicateJobError, StorageError, StorageUnavailableError
 from ...job import Job, JobState
 from ...serialization import dumps
 from ...states import DEFAULT_RETENTION, WORKER_CRASHED, Retention
@@ -565,6 +565,9 @@ class RedisStorage(RegistryHooks, Storage):
             except StorageError as exc:  # Redis unreachable: a plain poll interval
                 log.debug("wait for work without Redis: %s", exc)
                 return await self._wait_interruptibly(timeout, interrupt)
+            except asyncio.CancelledError:  # the parking may be registered: end it
+                await asyncio.shield(self._abandon(park_id, None))
+                raise
             leases = _leases(from_us(reply[1]), reply[4:])
             if leases or not int(reply[3]):
                 return leases
@@ -591,9 +594,13 @@ class RedisStorage(RegistryHooks, Storage):
             await asyncio.shield(self._abandon(park_id, watcher))
             raise
         except (StorageError, OSError, TimeoutError) as exc:
-            log.debug("hand-off pop failed: %s", exc)
             await watch.stop(watcher)
-            return await self._unpark_and_take(park_id)
+            taken = await self._unpark_and_take(park_id)
+            if taken:
+                return taken
+            # Raised, not swallowed: a pop that fails every time (an ACL without
+            # blocking commands, no connection to spare) must not park in a loop.
+            raise StorageUnavailableError(f"redis blocking pop failed: {exc}") from exc
         nudged = await watch.stop(watcher)
         if claim is None:  # the pop timed out: take what came in the meantime
             return await self._unpark_and_take(park_id)
@@ -635,11 +642,12 @@ class RedisStorage(RegistryHooks, Storage):
             return []
         return [lease for claim in reply[1:] for lease in _handed(claim)]
 
-    async def _abandon(self, park_id: str, watcher: asyncio.Task[None]) -> None:
+    async def _abandon(self, park_id: str, watcher: asyncio.Task[None] | None) -> None:
         """The waiter was cancelled: end the parking and give back what it held."""
-        watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
         with contextlib.suppress(StorageError):
             await self._give_back(await self._unpark_and_take(park_id))
 

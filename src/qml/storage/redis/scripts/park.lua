@@ -26,8 +26,7 @@ local limit, tokens, suspects, crashes = tonumber(ARGV[6]), ARGV[7], tonumber(AR
 local got = claim_jobs(out, now, ARGV[4], deadline, limit, tokens, suspects, crashes, queues)
 flush()
 if got > 0 then
-  redis.call('ZREM', K_WAITERS, ARGV[2])
-  return out
+  return out  -- its registration as a waiter (if any) ends by itself
 end
 local until_ = now + tonumber(ARGV[3])
 redis.call('HSET', K_PARKED, id, cjson.encode({server = ARGV[4], lease = lease, limit = limit,

@@ -426,12 +426,11 @@ class BackgroundJobServer:
                 if self.burst and not leases and await self._burst_finished():
                     self._burst_stop = asyncio.create_task(self.stop())
                     return
-                # the rest of the slots, with the suspects bound of what now runs
-                rest = replace(
-                    request, limit=want - len(leases), max_suspects=0 if self._suspects else 1
-                )
+                rest = want - len(leases)
                 while True:
-                    await self._wait_for_work(rest)
+                    # the rest of the slots, with the suspects bound of what now runs
+                    suspects = 0 if self._suspects else 1
+                    await self._wait_for_work(replace(request, limit=rest, max_suspects=suspects))
                     if not self.storage.hands_off_claims or self.burst:
                         break
                     # Where the storage claims before it parks (hands_off_claims), a
@@ -441,11 +440,7 @@ class BackgroundJobServer:
                     if free <= 0 or self._stop_event.is_set() or self._unknown_given_back:
                         break
                     self._rearm_wait()
-                    rest = replace(
-                        request,
-                        limit=min(free, cfg.fetch_batch_size),
-                        max_suspects=0 if self._suspects else 1,
-                    )
+                    rest = min(free, cfg.fetch_batch_size)
 
     async def _burst_finished(self) -> bool:
         if self._running or self._pending:
@@ -474,18 +469,14 @@ class BackgroundJobServer:
         if not self._stop_event.is_set():
             self._wait_over.clear()
 
-    async def _wait_for_work(self, request: ClaimRequest) -> int:
+    async def _wait_for_work(self, request: ClaimRequest) -> None:
         """Wait for work after a short claim (``request`` asks for the rest of the
         slots); start what the storage hands over meanwhile
-        (:meth:`Storage.wait_for_claim`). Returns how many jobs it started."""
+        (:meth:`Storage.wait_for_claim`)."""
         if self.burst and self._running:
             await self._slot_freed.wait()
             self._slot_freed.clear()
-            return 0
-        if self.storage.hands_off_claims:
-            # Its wait begins with a request (which can cost the sender the
-            # receiver's wake-up on a local socket): let jobs just started begin first.
-            await asyncio.sleep(0)
+            return
         sent = time.monotonic()  # handed-over leases began after this
         try:
             leases = await self.storage.wait_for_claim(
@@ -499,16 +490,15 @@ class BackgroundJobServer:
                 extra={"action": "wait_error"},
             )
             await self._sleep(self.config.polling_interval)
-            return 0
+            return
         if not leases:
-            return 0
+            return
         faults.point("job.claimed")
         if self._stop_event.is_set():
             await self._release_unstarted(leases)
-            return 0
+            return
         for lease in leases:
             self._start_slot(lease, sent)
-        return len(leases)
 
     # ------------------------------------------------------------------ running
     def _start_slot(self, lease: Lease, claimed: float) -> None:

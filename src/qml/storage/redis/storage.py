@@ -544,6 +544,9 @@ class RedisStorage(RegistryHooks, Storage):
         listener = self._listener
         if listener is None or interrupt.is_set():
             return await self._wait_interruptibly(timeout, interrupt)
+        # The park request goes out at once, and on a local socket its send can cost
+        # the sender Redis's wake-up: let jobs the server just started begin first.
+        await asyncio.sleep(0)
         self._parks += 1
         park_id = f"{self._waiter_id}.{self._parks}"
         self._waiting += 1
@@ -613,19 +616,17 @@ class RedisStorage(RegistryHooks, Storage):
 
     async def _pop(self, key: str, timeout: float) -> bytes | None:
         lane = self._lanes.get("pop")
-        if lane is None or lane.busy:  # a second parked waiter on this storage
-            client = await self._c()
-            if lane is None:
-                lane = self._lanes["pop"] = Lane(client, self.keys.tag)
-            else:
-                lane = Lane(client, self.keys.tag)
-                try:
-                    with translate("blpop"):
-                        return await lane.pop(key, timeout, self.config.command_timeout)
-                finally:
-                    await lane.close()
-        with translate("blpop"):
-            return await lane.pop(key, timeout, self.config.command_timeout)
+        spare = lane is not None and lane.busy  # a second parked waiter on this storage
+        if lane is None or spare:
+            lane = Lane(await self._c(), self.keys.tag)
+            if not spare:
+                self._lanes["pop"] = lane
+        try:
+            with translate("blpop"):
+                return await lane.pop(key, timeout, self.config.command_timeout)
+        finally:
+            if spare:
+                await lane.close()
 
     async def _unpark_and_take(self, park_id: str) -> list[Lease]:
         """End the parking and take the claims handed over before it ended."""

@@ -108,6 +108,13 @@ local function wake()
   return g
 end
 
+-- Register a storage as waiting for work until `until_` (µs), dropping the
+-- registrations that ended: wake() publishes while any is current.
+local function register_waiter(waiter, now, until_)
+  redis.call('ZREMRANGEBYSCORE', K_WAITERS, '-inf', '(' .. n2s(now))
+  redis.call('ZADD', K_WAITERS, until_, waiter)
+end
+
 -- the member of an Enqueued job in its ready zset (score: -priority)
 local function ready_member(at, id)
   return string.format('%016.0f', at) .. id

@@ -39,7 +39,6 @@ for _, q in ipairs(queues) do
   end
   redis.call('ZADD', pk, until_, id)
 end
-redis.call('ZREMRANGEBYSCORE', K_WAITERS, '-inf', '(' .. n2s(now))
-redis.call('ZADD', K_WAITERS, until_, ARGV[2])
+register_waiter(ARGV[2], now, until_)
 out[4] = 1
 return out

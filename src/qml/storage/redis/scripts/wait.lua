@@ -5,6 +5,5 @@
 -- ARGV[2] how long it waits at most (µs)
 -- Returns the current wake-up generation.
 local now = clock('')
-redis.call('ZREMRANGEBYSCORE', K_WAITERS, '-inf', '(' .. n2s(now))
-redis.call('ZADD', K_WAITERS, now + tonumber(ARGV[2]), ARGV[1])
+register_waiter(ARGV[1], now, now + tonumber(ARGV[2]))
 return tonumber(redis.call('GET', K_WAKE_GEN) or '0')

@@ -89,7 +89,7 @@ class TcpProxy:
         if not self._thread.is_alive():
             return
         with contextlib.suppress(Exception):
-            self._call(self._cut())
+            self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -133,6 +133,16 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
         return at
+
+    async def _shutdown(self) -> None:
+        """Cut, then end every task still running (a connection being accepted or
+        pumped), so that no socket is left open when the loop stops."""
+        await self._cut()
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stall(self) -> float:
         assert self._flowing is not None

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from qml import BackgroundJobServer, Job, MemoryStorage, WorkerContext, WorkerRegistry
+from qml.server.services import CleanupWorker
 from qml.storage.requests import ClaimRequest, Lease, Outcome
 
 from .support import (
@@ -24,6 +25,7 @@ from .support import (
     states,
     wait_event,
     wait_thread_event,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -255,3 +257,57 @@ async def test_burst_run_releases_nothing_and_stops(
     await asyncio.wait_for(server.run(), WAIT)
     assert sorted(done) == list(range(30))
     assert await memory.count(OK) == 30
+
+
+class SlowDeleteStorage(MemoryStorage):
+    """A storage whose first cleanup batch is applied before its reply comes back
+    (the reply is held until ``reply`` is set, or forever if ``hang``)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        super().__init__()
+        self.hang = hang
+        self.delete_sent = asyncio.Event()
+        self.reply = asyncio.Event()
+        self.cancelled = False
+
+    async def _delete_expired(self, limit: int, now: datetime | None) -> int:
+        if self.delete_sent.is_set():
+            return await super()._delete_expired(limit, now)
+        deleted = await super()._delete_expired(limit, datetime.max.replace(tzinfo=UTC))
+        self.delete_sent.set()
+        try:
+            await (asyncio.Event().wait() if self.hang else self.reply.wait())
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return deleted
+
+
+async def test_a_cleanup_batch_on_the_wire_when_stop_begins_is_counted() -> None:
+    storage = SlowDeleteStorage()
+    registry = WorkerRegistry(storage)
+    job_ids = await storage.enqueue_many([Job("gone") for _ in range(3)])
+    for job_id in job_ids:
+        await storage.delete(job_id)
+    server = BackgroundJobServer(
+        fast_config(enable_cleanup=True, cleanup_interval=0.05), storage, registry
+    )
+    await server.start()
+    (cleanup,) = (s for s in server._services if isinstance(s, CleanupWorker))
+    await wait_event(storage.delete_sent, "the cleanup batch to be sent")
+    stopping = await begin_stop(server)
+    await wait_until(lambda: cleanup.stopping, "the cleanup service to be stopping")
+    storage.reply.set()
+    await asyncio.wait_for(stopping, WAIT)
+    assert await storage.count() == 0
+    assert cleanup.deleted_total == 3, "a batch applied during stop went uncounted"
+    assert not storage.cancelled
+
+
+async def test_a_service_tick_that_hangs_is_cancelled_after_the_grace() -> None:
+    storage = SlowDeleteStorage(hang=True)
+    service = CleanupWorker(storage, fast_config(cleanup_interval=0.05))
+    service.start()
+    await wait_event(storage.delete_sent, "the cleanup batch to be sent")
+    await asyncio.wait_for(service.stop(grace=0.05), WAIT)
+    assert storage.cancelled

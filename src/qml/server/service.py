@@ -11,6 +11,9 @@ from ..errors import StorageError
 
 log = logging.getLogger("qml.server")
 
+#: Seconds a service's tick in progress may take to end when the server stops.
+STOP_GRACE = 2.0
+
 
 class PeriodicService(ABC):
     """Runs :meth:`run_once` every ``interval`` seconds until stopped.
@@ -61,10 +64,22 @@ class PeriodicService(ABC):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
 
-    async def stop(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began: a long tick should end between its steps."""
+        return self._stopped
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Let the tick in progress end (a storage write cancelled on the wire may
+        still be applied, unseen by the service), then end the loop; cancel only a
+        tick that takes longer than ``grace`` seconds."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

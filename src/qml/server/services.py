@@ -38,7 +38,7 @@ class Scheduler(PeriodicService):
                 len(recovered),
                 extra={"action": "recover_expired", "job_ids": recovered[:20]},
             )
-        while await self.storage.activate_due(limit=1000) >= 1000:
+        while not self.stopping and await self.storage.activate_due(limit=1000) >= 1000:
             pass
 
 
@@ -56,6 +56,8 @@ class CleanupWorker(PeriodicService):
 
     async def run_once(self) -> None:
         for _ in range(self.max_batches):
+            if self.stopping:
+                return
             n = await self.storage.delete_expired(limit=self.batch_size)
             self.deleted_total += n
             if n < self.batch_size:

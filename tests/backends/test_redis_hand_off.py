@@ -306,3 +306,30 @@ async def test_an_immediate_claim_keeps_another_wait_registered(open_storage: Op
     waiting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_server_with_hand_off_off_claims_by_itself(open_storage: Open) -> None:
+    storage = await open_storage(hand_off=False)
+    assert not storage.hands_off_claims
+    registry = WorkerRegistry(storage=storage)
+    ran: list[int] = []
+
+    @registry.job("record")
+    async def record(i: int) -> None:
+        ran.append(i)
+
+    server = BackgroundJobServer(
+        ServerConfig("plain", worker_count=4, polling_interval=30.0, enable_cleanup=False,
+                     enable_recurring=False),
+        storage,
+        registry,
+    )  # fmt: skip
+    await server.start()
+    try:
+        for i in range(3):
+            job_id = await record.enqueue(i)
+            while (await storage.get_job(job_id)).state is not JobState.SUCCEEDED:
+                await asyncio.sleep(0.005)
+    finally:
+        await server.stop()
+    assert ran == [0, 1, 2]

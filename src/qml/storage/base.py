@@ -97,9 +97,6 @@ class Storage(ABC):
     #: made apart (one transaction or one round trip instead of two): a server
     #: then carries the outcomes it has ready on its next claim.
     combines_finish_and_claim: ClassVar[bool] = False
-    #: :meth:`wait_for_claim` may return jobs claimed for the waiter while it
-    #: waited (handed over by the enqueue that made them ready).
-    hands_off_claims: ClassVar[bool] = False
     #: Short backend name: ``memory``, ``sqlite``, ``redis``, ``postgres``.
     backend_name: ClassVar[str] = "abstract"
 
@@ -572,6 +569,13 @@ class Storage(ABC):
         return await self._prune_servers(dead_after, now)
 
     # ------------------------------------------------------------------ wake-up
+    @property
+    def hands_off_claims(self) -> bool:
+        """:meth:`wait_for_claim` claims for its request (at once when jobs are
+        ready, else by the enqueue that makes them ready): a server that waited
+        needs no claim of its own afterwards."""
+        return False
+
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait until new work may be ready or ``timeout`` passes.
 
@@ -713,6 +717,14 @@ class Storage(ABC):
         """Storages that hand off claims override this (and set
         :attr:`hands_off_claims`)."""
         return await self._wait_interruptibly(timeout, interrupt)
+
+    async def _wait_then_claim(
+        self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
+    ) -> list[Lease]:
+        """For a storage that hands off claims but cannot park now: wait, then
+        claim as the server would have."""
+        await self._wait_interruptibly(timeout, interrupt)
+        return [] if interrupt.is_set() else await self.claim(request)
 
     async def _wait_interruptibly(self, timeout: float, interrupt: asyncio.Event) -> list[Lease]:
         if interrupt.is_set():

@@ -27,6 +27,7 @@ URL_OPTIONS = (
     "qml_min_connections",
     "qml_auto_migrate",
     "qml_vacuum_every",
+    "qml_hand_off",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -98,6 +99,11 @@ class PostgresConfig:
     #: about once a minute at most (``autovacuum_naptime``), so without this a
     #: drain of a large backlog slows down as the dead entries pile up.
     vacuum_every: int = 20_000
+    #: An idle server parks its claim in the database while it waits; an enqueue
+    #: of one ready job claims it for the longest-parked server and sends it over
+    #: (``NOTIFY`` at commit): the job starts without a wake-up and a claim of its
+    #: own. ``False``: servers are woken and claim, as before.
+    hand_off: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.database_url, str) or not self.database_url:
@@ -127,6 +133,8 @@ class PostgresConfig:
                 or value <= 0
             ):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if not isinstance(self.hand_off, bool):
+            raise ConfigurationError("hand_off must be True or False")
         check_identifier("schema_name", self.schema_name, MAX_SCHEMA_NAME_BYTES)
         check_identifier("table_name", self.table_name, MAX_TABLE_NAME_BYTES)
 
@@ -136,7 +144,8 @@ class PostgresConfig:
             f"auto_migrate={self.auto_migrate}, max_connections={self.max_connections}, "
             f"min_connections={self.min_connections}, connect_timeout={self.connect_timeout}, "
             f"command_timeout={self.command_timeout}, schema_name={self.schema_name!r}, "
-            f"table_name={self.table_name!r}, vacuum_every={self.vacuum_every})"
+            f"table_name={self.table_name!r}, vacuum_every={self.vacuum_every}, "
+            f"hand_off={self.hand_off})"
         )
 
     # ------------------------------------------------------------------ constructors
@@ -146,7 +155,8 @@ class PostgresConfig:
 
         Besides the driver's own options the query string may carry
         ``qml_schema``, ``qml_table``, ``qml_max_connections``,
-        ``qml_min_connections``, ``qml_auto_migrate`` and ``qml_vacuum_every``.
+        ``qml_min_connections``, ``qml_auto_migrate``, ``qml_vacuum_every`` and
+        ``qml_hand_off``.
         """
         parts = urlsplit(url)
         keep: list[tuple[str, str]] = []
@@ -173,6 +183,8 @@ class PostgresConfig:
             kwargs["auto_migrate"] = parse_bool("qml_auto_migrate", opts["qml_auto_migrate"])
         if "qml_vacuum_every" in opts:
             kwargs["vacuum_every"] = parse_int("qml_vacuum_every", opts["qml_vacuum_every"])
+        if "qml_hand_off" in opts:
+            kwargs["hand_off"] = parse_bool("qml_hand_off", opts["qml_hand_off"])
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod
@@ -221,3 +233,6 @@ class PostgresConfig:
 
     def with_vacuum_every(self, jobs: int) -> Self:
         return dataclasses.replace(self, vacuum_every=jobs)
+
+    def with_hand_off(self, enabled: bool) -> Self:
+        return dataclasses.replace(self, hand_off=enabled)

@@ -319,3 +319,24 @@ CREATE TABLE {{schema}}.{{table_paused_queues}} (
 COMMENT ON TABLE {{schema}}.{{table_paused_queues}} IS 'Queues no server claims from.';
 COMMENT ON COLUMN {{schema}}.{{table_paused_queues}}.queue IS 'Queue name.';
 COMMENT ON COLUMN {{schema}}.{{table_paused_queues}}.paused_at IS 'When the queue was paused.';
+
+CREATE UNLOGGED TABLE {{schema}}.{{table_parked}} (
+    park_id text COLLATE "C" PRIMARY KEY,
+    server_id text NOT NULL,
+    queues text[] NOT NULL,
+    lease_seconds double precision NOT NULL,
+    tokens text[] NOT NULL,
+    channel text NOT NULL,
+    parked_at timestamptz NOT NULL,
+    parked_until timestamptz NOT NULL
+);
+COMMENT ON TABLE {{schema}}.{{table_parked}} IS
+    'Claims parked by idle servers: an enqueue of ready jobs claims them for the longest-parked one.';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.park_id IS 'Id of this parking (one wait of one server).';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.server_id IS 'Server the job is claimed for.';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.queues IS 'Queues the server claims from.';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.lease_seconds IS 'Lease of a job claimed for it.';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.tokens IS 'Lease tokens of the jobs claimed for it (as many as it takes).';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.channel IS 'NOTIFY channel the server listens on for the job.';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.parked_at IS 'When it parked (the longest-parked is served first).';
+COMMENT ON COLUMN {{schema}}.{{table_parked}}.parked_until IS 'End of the parking: no hand-off after it.';

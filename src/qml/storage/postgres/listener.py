@@ -8,6 +8,10 @@ storage wakes its local waiters itself right after such a write. Polling
 stays the fallback: a waiter also returns when its timeout passes. The
 listener reconnects by itself, and wakes every waiter after a reconnect
 (notifications may have been missed meanwhile).
+
+The same connection listens on the storage's hand-off channel too, where an
+enqueue sends a job it claimed for one of this storage's parked waiters
+(``PostgresStorage.wait_for_claim``); those notifications are never ignored.
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ class Waiters:
     """Futures of the tasks waiting for work (one event loop)."""
 
     def __init__(self) -> None:
-        self._items: set[asyncio.Future[None]] = set()
+        self._items: set[asyncio.Future[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def add(self, fut: asyncio.Future[Any]) -> None:
+        """Resolve ``fut`` (with None) at the next wake-up."""
+        self._items.add(fut)
+
+    def discard(self, fut: asyncio.Future[Any]) -> None:
+        self._items.discard(fut)
 
     async def wait(self, timeout: float) -> bool:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -60,6 +71,8 @@ class Listener:
         ignore_pids: set[int],
         on_signal: Callable[[], None],
         *,
+        hand_channel: str | None = None,
+        on_hand: Callable[[str], None] | None = None,
         ping_interval: float = 15.0,
         max_backoff: float = 5.0,
     ) -> None:
@@ -67,6 +80,8 @@ class Listener:
         self.channel = channel
         self._ignore = ignore_pids
         self._on_signal = on_signal
+        self.hand_channel = hand_channel
+        self._on_hand = on_hand
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
         self._conn: asyncpg.Connection[Any] | None = None
@@ -113,6 +128,10 @@ class Listener:
         self.received += 1
         self._on_signal()
 
+    def _handed(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        if self._on_hand is not None and isinstance(payload, str):
+            self._on_hand(payload)
+
     def _terminated(self, conn: Any) -> None:
         if conn is self._conn:  # not a connection dropped earlier
             self._lost.set()
@@ -131,6 +150,8 @@ class Listener:
         conn = await self._connect()
         try:
             await conn.add_listener(self.channel, self._notified)
+            if self.hand_channel is not None:
+                await conn.add_listener(self.hand_channel, self._handed)
             conn.add_termination_listener(self._terminated)
         except BaseException:
             conn.terminate()

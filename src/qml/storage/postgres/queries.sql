@@ -36,6 +36,134 @@ SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at,
        CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
 FROM src, t
 
+-- name: enqueue_hand_off
+-- "enqueue" that hands ready jobs to a parked server (see "park"): the
+-- longest-parked server whose queues take any of them gets up to its limit (its
+-- queues in order, then priority, then the order given), written straight to
+-- Processing with the parking's lease tokens; the parking is deleted and the jobs
+-- are sent to the server on its channel at commit, as one JSON array (empty when
+-- it would not fit a notification: the server then reads them by token). SKIP
+-- LOCKED: a parking another enqueue is taking is passed over. A row back: jobs
+-- were handed over.
+WITH t AS (
+    SELECT at,
+           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
+           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
+    FROM (SELECT statement_timestamp() AS at) AS clock
+), src AS (
+    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
+    FROM t, ROWS FROM (json_to_recordset($1::json)
+        AS (id text, method text, args json, queue text, priority int, max_retries int,
+            run_at timestamptz, timeout float8, dedup_key text, meta json))
+        WITH ORDINALITY AS s(id, method, args, queue, priority, max_retries, run_at, timeout,
+                             dedup_key, meta, pos)
+), ready AS (
+    SELECT array_agg(x.queue) AS queues FROM (
+        SELECT DISTINCT src.queue FROM src WHERE src.state = 'enqueued'
+    ) x
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {{schema}}.{{table_paused_queues}} q WHERE q.queue = x.queue)
+), p AS (
+    SELECT k.park_id, k.server_id, k.queues, k.lease_seconds, k.tokens, k.channel
+    FROM {{schema}}.{{table_parked}} k, t, ready
+    WHERE k.parked_until > t.at AND k.queues && ready.queues
+    ORDER BY k.parked_at
+    LIMIT 1
+    FOR UPDATE OF k SKIP LOCKED
+), pick AS (
+    SELECT x.id, x.rn FROM (
+        SELECT src.id, row_number() OVER (
+            ORDER BY array_position(p.queues, src.queue), src.priority DESC, src.pos) AS rn
+        FROM p, ready, src
+        WHERE src.state = 'enqueued' AND src.queue = ANY (p.queues)
+          AND src.queue = ANY (ready.queues)
+    ) x, p
+    WHERE x.rn <= cardinality(p.tokens)
+), taken AS (
+    DELETE FROM {{schema}}.{{table_parked}} k USING p WHERE k.park_id = p.park_id
+), dedup AS (
+    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
+    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
+), ins AS (
+    INSERT INTO {{schema}}.{{table}} AS j (id, method, args, queue, priority, max_retries,
+        run_at, timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history,
+        attempts, started_at, server_id, lease_token, lease_expires_at)
+    SELECT src.id, src.method, coalesce(src.args, 'null'), src.queue, src.priority,
+           src.max_retries, src.run_at, src.timeout, src.dedup_key, src.meta,
+           (CASE WHEN pick.rn IS NOT NULL THEN 'processing' ELSE src.state END)
+               ::{{schema}}.{{table_state}},
+           t.at, t.at,
+           CASE WHEN src.state = 'enqueued' THEN t.at END,
+           CASE WHEN pick.rn IS NOT NULL THEN t.h_enqueued
+                    || {{schema}}.{{table_history_entry}}('processing', t.at, NULL, p.server_id, 1)
+                WHEN src.state = 'enqueued' THEN t.h_enqueued
+                ELSE t.h_scheduled END,
+           CASE WHEN pick.rn IS NOT NULL THEN 1 ELSE 0 END,
+           CASE WHEN pick.rn IS NOT NULL THEN t.at END,
+           CASE WHEN pick.rn IS NOT NULL THEN p.server_id END,
+           p.tokens[pick.rn],
+           CASE WHEN pick.rn IS NOT NULL THEN t.at + p.lease_seconds * interval '1 second' END
+    FROM src CROSS JOIN t LEFT JOIN pick ON pick.id = src.id LEFT JOIN p ON pick.rn IS NOT NULL
+    RETURNING j.lease_token, CASE WHEN j.lease_token IS NOT NULL THEN {{job_json}} END AS job
+), sent AS (
+    SELECT '[' || string_agg(ins.job, ',' ORDER BY array_position(p.tokens, ins.lease_token))
+           || ']' AS jobs
+    FROM ins, p WHERE ins.lease_token IS NOT NULL
+)
+SELECT pg_notify(p.channel, p.park_id || ' '
+                 || CASE WHEN octet_length(sent.jobs) < 7900 THEN sent.jobs ELSE '' END)
+FROM sent, p WHERE sent.jobs IS NOT NULL
+
+-- name: enqueue_hand_off_one
+-- "enqueue_hand_off" for one job, in fewer steps (no ranking, no aggregate).
+WITH t AS (
+    SELECT at,
+           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
+           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
+    FROM (SELECT statement_timestamp() AS at) AS clock
+), src AS (
+    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
+    FROM t, json_to_recordset($1::json)
+        AS s(id text, method text, args json, queue text, priority int, max_retries int,
+             run_at timestamptz, timeout float8, dedup_key text, meta json)
+), p AS (
+    SELECT k.park_id, k.server_id, k.lease_seconds, k.tokens, k.channel
+    FROM {{schema}}.{{table_parked}} k, src, t
+    WHERE src.state = 'enqueued' AND k.parked_until > t.at AND src.queue = ANY (k.queues)
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.{{table_paused_queues}} q WHERE q.queue = src.queue)
+    ORDER BY k.parked_at
+    LIMIT 1
+    FOR UPDATE OF k SKIP LOCKED
+), taken AS (
+    DELETE FROM {{schema}}.{{table_parked}} k USING p WHERE k.park_id = p.park_id
+), dedup AS (
+    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
+    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
+), ins AS (
+    INSERT INTO {{schema}}.{{table}} AS j (id, method, args, queue, priority, max_retries,
+        run_at, timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history,
+        attempts, started_at, server_id, lease_token, lease_expires_at)
+    SELECT src.id, src.method, coalesce(src.args, 'null'), src.queue, src.priority,
+           src.max_retries, src.run_at, src.timeout, src.dedup_key, src.meta,
+           (CASE WHEN p.park_id IS NOT NULL THEN 'processing' ELSE src.state END)
+               ::{{schema}}.{{table_state}},
+           t.at, t.at,
+           CASE WHEN src.state = 'enqueued' THEN t.at END,
+           CASE WHEN p.park_id IS NOT NULL THEN t.h_enqueued
+                    || {{schema}}.{{table_history_entry}}('processing', t.at, NULL, p.server_id, 1)
+                WHEN src.state = 'enqueued' THEN t.h_enqueued
+                ELSE t.h_scheduled END,
+           CASE WHEN p.park_id IS NOT NULL THEN 1 ELSE 0 END,
+           CASE WHEN p.park_id IS NOT NULL THEN t.at END,
+           p.server_id, p.tokens[1], t.at + p.lease_seconds * interval '1 second'
+    FROM src CROSS JOIN t LEFT JOIN p ON true
+    RETURNING CASE WHEN j.lease_token IS NOT NULL THEN {{job_json}} END AS job
+)
+SELECT pg_notify(p.channel, p.park_id || ' '
+                 || CASE WHEN octet_length(ins.job) < 7900 THEN '[' || ins.job || ']' ELSE '' END)
+FROM p, ins WHERE ins.job IS NOT NULL
+
 -- name: enqueue_skip_used
 -- Recurring ticks: jobs stamped by the caller (the claim's time); those whose
 -- dedup key was used before are skipped.
@@ -114,6 +242,39 @@ UPDATE {{schema}}.{{table}} AS j SET
 FROM kept, t
 WHERE j.id = kept.id
 RETURNING kept.rn, {{job_columns}}
+
+-- name: park
+-- A claim ($1..$7 as in "claim") that parks when it takes nothing: $8 park id,
+-- $9 lease tokens for a hand-off (as many as the limit), $10 NOTIFY channel,
+-- $11 seconds parked. An
+-- enqueue that commits after this statement's snapshot but before its commit
+-- neither is claimed here nor sees the parking: it NOTIFYs the installation's
+-- channel as ever, which ends the parking.
+WITH claimed AS (
+{{query_claim}}
+), parked AS (
+    INSERT INTO {{schema}}.{{table_parked}} (park_id, server_id, queues, lease_seconds, tokens,
+        channel, parked_at, parked_until)
+    SELECT $8, $1, $2, $5, $9, $10, now(), now() + $11::float8 * interval '1 second'
+    WHERE NOT EXISTS (SELECT 1 FROM claimed)
+)
+SELECT * FROM claimed
+
+-- name: unpark
+-- End a parking; no row back: an enqueue took it (and claimed a job for it) or it
+-- was forgotten (a crash). Waits for an enqueue holding the row to end.
+DELETE FROM {{schema}}.{{table_parked}} WHERE park_id = $1 RETURNING 1
+
+-- name: handed
+-- The jobs handed to a parking whose notification was not read: by their tokens.
+SELECT {{job_columns}} FROM {{schema}}.{{table}} j
+WHERE j.lease_token = ANY ($1::text[]) AND j.state::text = 'processing'
+ORDER BY array_position($1::text[], j.lease_token)
+
+-- name: prune_parked
+-- Parkings past their end (their server stopped without ending them).
+DELETE FROM {{schema}}.{{table_parked}}
+WHERE parked_until < coalesce($1::timestamptz, now()) - interval '1 minute'
 
 -- name: finish
 -- Outcomes as arrays; each row applies only while the job is Processing under

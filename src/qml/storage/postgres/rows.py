@@ -193,6 +193,25 @@ def row_to_job(row: Row) -> Job:
     )
 
 
+#: Job columns holding a time (ISO 8601 text in a hand-off's JSON).
+_TIME_COLUMNS = (
+    "run_at", "created_at", "updated_at", "enqueued_at", "started_at", "finished_at",
+    "expires_at", "lease_expires_at",
+)  # fmt: skip
+
+
+def json_to_jobs(text: str) -> list[Job]:
+    """The jobs of a hand-off's notification (``{{job_json}}`` in queries.sql)."""
+    out = []
+    for row in loads(text):
+        for name in _TIME_COLUMNS:
+            value = row[name]
+            if value is not None:
+                row[name] = _iso_time(value)
+        out.append(row_to_job(row))
+    return out
+
+
 def recurring_params(t: RecurringTemplate) -> list[Any]:
     return [
         t.id,

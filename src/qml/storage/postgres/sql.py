@@ -10,7 +10,9 @@ SQL any other way):
   (the other tables, the enum, functions, triggers and indexes);
 * ``{{channel}}``: the LISTEN/NOTIFY channel, as a string literal;
 * ``{{job_columns}}``: the job columns read back, on alias ``j`` (the state as
-  text, so asyncpg needs no type introspection on each new connection).
+  text, so asyncpg needs no type introspection on each new connection);
+* ``{{job_json}}``: the same columns as one JSON text (a hand-off's notification);
+* ``{{query_<name>}}``: in ``queries.sql`` only, the text of the named query.
 
 ``queries.sql`` holds named queries, each after a ``-- name: <name>`` line.
 """
@@ -27,6 +29,7 @@ from ...errors import ConfigurationError
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 _NAME_LINE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"\{\{query_([a-z_]+)\}\}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -57,6 +60,18 @@ _JOB_COLUMN_NAMES = (
 )  # fmt: skip
 JOB_COLUMNS = ", ".join(
     "j.state::text AS state" if c == "state" else f"j.{c}" for c in _JOB_COLUMN_NAMES
+)
+
+#: The job columns as one JSON text (a hand-off's notification): JSON columns as
+#: text, as a fetched row has them; times in ISO 8601 (the session is in UTC).
+_JSON_TEXT_COLUMNS = frozenset({"args", "meta", "result", "history", "state"})
+JOB_JSON = (
+    "json_build_object("
+    + ", ".join(
+        f"'{c}', j.{c}::text" if c in _JSON_TEXT_COLUMNS else f"'{c}', j.{c}"
+        for c in _JOB_COLUMN_NAMES
+    )
+    + ")::text"
 )
 
 
@@ -94,6 +109,8 @@ class Names:
                 return quote_literal(self.channel)
             if key == "job_columns":
                 return JOB_COLUMNS
+            if key == "job_json":
+                return JOB_JSON
             raise ValueError(f"unknown SQL placeholder {m.group(0)}")
 
         return _PLACEHOLDER.sub(sub, sql)
@@ -120,6 +137,9 @@ def named_queries() -> dict[str, str]:
         if m.group(1) in out:
             raise ValueError(f"query {m.group(1)!r} is defined twice in queries.sql")
         out[m.group(1)] = "\n".join(lines).strip().rstrip(";")
+    # {{query_<name>}}: the text of another query (a statement built around it)
+    for name, sql in out.items():
+        out[name] = _INCLUDE.sub(lambda m: out[m.group(1)], sql)
     return out
 
 

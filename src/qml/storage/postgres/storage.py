@@ -8,6 +8,10 @@ queue and state and the NOTIFY wake-up are kept by triggers, outcomes per
 minute by the statements that finish jobs, each in the same transaction as
 the change. The SQL lives in ``queries.sql`` and ``install.sql`` beside this
 module.
+
+An idle server parks its claim (:meth:`PostgresStorage.wait_for_claim`): the
+enqueue of one ready job then claims it for the longest-parked server in the
+same statement and sends it over with ``NOTIFY`` on the server's own channel.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -62,6 +68,7 @@ from .rows import (
     enqueue_json,
     enqueue_params,
     finish_params,
+    json_to_jobs,
     list_jobs_sql,
     recurring_params,
     row_to_job,
@@ -75,6 +82,10 @@ logger = logging.getLogger("qml.storage.postgres")
 
 T = TypeVar("T")
 _COMPACT_EVERY = 1.0  # seconds between count compactions by one storage instance
+#: Seconds a parking outlives its waiter's timeout (the waiter ends it before).
+_PARK_GRACE = 0.5
+#: The schema version that added the parking table (migration 0005).
+_PARKED_SINCE = 5
 
 
 class PostgresStorage(Storage):
@@ -115,6 +126,13 @@ class PostgresStorage(Storage):
         self.vacuums = 0
         self._companion = False
         self.synchronous_commit: str | None = None
+        # hand-off: this instance's channel, its parkings and what was sent to them
+        self._hand_channel = f"{self.names.channel}_{secrets.token_hex(6)}"
+        self._park_prefix = secrets.token_hex(6)
+        self._parks = 0
+        self._hands: dict[str, asyncio.Future[Any]] = {}
+        #: False on a schema older than the parking table (auto_migrate off).
+        self._hand_off = self.config.hand_off
 
     def __repr__(self) -> str:
         return (
@@ -156,7 +174,14 @@ class PostgresStorage(Storage):
         if self._companion:  # a second connection of an open storage: no LISTEN, no schema work
             self._pool, self._ready = pool, True
             return
-        listener = Listener(self._connect_listener, self.names.channel, self._own_pids, self._wake)
+        listener = Listener(
+            self._connect_listener,
+            self.names.channel,
+            self._own_pids,
+            self._wake,
+            hand_channel=self._hand_channel if self.config.hand_off else None,
+            on_hand=self._on_hand,
+        )
         self._pool, self._listener = pool, listener
         try:
             await listener.start()
@@ -164,6 +189,8 @@ class PostgresStorage(Storage):
             self._log_open(status)
             if not status.up_to_date and self.config.auto_migrate:
                 await self._call(pool, self._migrator.migrate, "migrate")
+            elif status.current < _PARKED_SINCE:
+                self._hand_off = False
             if not await listener.wait_connected(self.config.connect_timeout):
                 logger.warning(
                     "LISTEN connection not ready; idle servers poll until it is",
@@ -436,13 +463,21 @@ class PostgresStorage(Storage):
     # ------------------------------------------------------------------ enqueue
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
         params = (enqueue_json(jobs, payloads),)
-        sql = self._q["enqueue"]
+        hand_off = connection is None and self._hand_off
+        if hand_off:
+            sql = self._q["enqueue_hand_off_one" if len(jobs) == 1 else "enqueue_hand_off"]
+        else:
+            sql = self._q["enqueue"]
+        handed = False
 
         async def insert(conn: Conn) -> None:
+            nonlocal handed
             try:
                 if conn.is_in_transaction():  # a savepoint inside the caller's transaction
                     async with conn.transaction():
                         await conn.execute(sql, *params)
+                elif hand_off:  # a row back: the job went to a parked server
+                    handed = bool(await conn.fetch(sql, *params))
                 else:  # one statement is atomic by itself: no BEGIN/COMMIT round trips
                     await conn.execute(sql, *params)
             except pg.UniqueViolationError as exc:
@@ -450,7 +485,8 @@ class PostgresStorage(Storage):
 
         if connection is None:
             await self._hot("enqueue", insert)
-            self._wake()
+            if not handed:
+                self._wake()
         else:
             if not isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
                 raise ConfigurationError(
@@ -488,17 +524,15 @@ class PostgresStorage(Storage):
             )
         )
         rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
+        return self._claimed(rows)
+
+    def _claimed(self, rows: list[Any]) -> list[Lease]:
+        """The leases of the rows a claim returned, in claim order."""
         if rows and self.config.vacuum_every:
             self._claimed_since_vacuum += len(rows)
             if self._claimed_since_vacuum >= self.config.vacuum_every:
                 self._start_vacuum()
-        rows = sorted(rows, key=lambda r: r["rn"])
-        out = []
-        for row in rows:
-            job = row_to_job(row)
-            assert job.lease_token is not None and job.lease_expires_at is not None
-            out.append(Lease(job, job.lease_token, job.lease_expires_at))
-        return out
+        return [_lease(row) for row in sorted(rows, key=lambda r: r["rn"])]
 
     async def _finish(self, outcomes: Sequence[Outcome], now: datetime | None) -> list[bool]:
         # The same (job, token) twice: only the first can apply, as in memory.
@@ -706,6 +740,7 @@ class PostgresStorage(Storage):
     ) -> None:
         await self._execute("prune_dedup", float(dedup_older_than), now)
         await self._execute("prune_stats", float(stats_older_than), now)
+        await self._execute("prune_parked", now)
 
     # ------------------------------------------------------------------ servers
     async def _heartbeat_server(self, info: ServerInfo) -> None:
@@ -726,6 +761,135 @@ class PostgresStorage(Storage):
             await self.open()
         return await self._waiters.wait(timeout)
 
+    # ------------------------------------------------------------------ hand-off
+    @property
+    def hands_off_claims(self) -> bool:
+        return self._hand_off and not self._companion
+
+    async def _wait_for_claim(
+        self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
+    ) -> list[Lease]:
+        """Claim for ``request``, or park it (``park`` in queries.sql) and wait for
+        a job an enqueue claims for this parking (``enqueue_hand_off``), another
+        wake-up, ``interrupt`` or the timeout; then end the parking (``unpark``)."""
+        if not self.hands_off_claims:
+            return await self._wait_interruptibly(timeout, interrupt)
+        if interrupt.is_set():
+            return []
+        if not self._ready:
+            await self.open()
+        listener = self._listener
+        if listener is None or not listener.connected:  # nothing would reach it: poll
+            return await self._wait_then_claim(request, timeout, interrupt)
+        self._parks += 1
+        park_id = f"{self._park_prefix}.{self._parks}"
+        tokens = [str(uuid.uuid4()) for _ in range(request.limit)]
+        # One future for the whole wait: a job sent here sets it to the job, any
+        # other wake-up (also one during the park statement) to None.
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._hands[park_id] = fut
+        self._waiters.add(fut)
+        try:
+            sql = self._q["park"]
+            params = _utc_args(
+                (
+                    request.server_id,
+                    list(dict.fromkeys(request.queues)),
+                    request.limit,
+                    request.now,
+                    float(request.lease_seconds),
+                    request.max_suspects,
+                    request.suspect_crashes,
+                    park_id,
+                    tokens,
+                    self._hand_channel,
+                    float(timeout + _PARK_GRACE),
+                )
+            )
+            try:
+                rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
+            except asyncio.CancelledError:  # the parking may be registered: end it
+                await asyncio.shield(self._abandon(park_id, tokens))
+                raise
+            if rows:
+                return self._claimed(rows)
+            stop = None if interrupt.is_set() else asyncio.ensure_future(interrupt.wait())
+            try:
+                if not fut.done():
+                    waits = {fut} if stop is None else {fut, stop}
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._abandon(park_id, tokens))
+                raise
+            finally:
+                if stop is not None:
+                    stop.cancel()
+            if fut.done() and fut.result() is not None:
+                return await self._handed(fut.result(), tokens)
+            return await self._unpark(park_id, tokens)
+        finally:
+            self._waiters.discard(fut)
+            self._hands.pop(park_id, None)
+
+    def _on_hand(self, payload: str) -> None:
+        """A notification on the hand-off channel: ``<park id> <job JSON>``."""
+        park_id, _, job = payload.partition(" ")
+        fut = self._hands.get(park_id)
+        if fut is not None and not fut.done():
+            fut.set_result(job)
+
+    async def _handed(self, jobs_json: str, tokens: list[str]) -> list[Lease]:
+        """The jobs sent to a parking (read by their tokens when they did not fit)."""
+        if not jobs_json:
+            return await self._take(tokens)
+        leases = [_lease_of(job) for job in json_to_jobs(jobs_json)]
+        if any(lease.token not in tokens for lease in leases):  # never run another's
+            raise StorageError("a hand-off arrived with another parking's token")
+        return leases
+
+    async def _unpark(self, park_id: str, tokens: list[str]) -> list[Lease]:
+        """End the parking; what was handed to it before it ended is returned."""
+        sql = self._q["unpark"]
+        try:
+            if await self._hot("claim", lambda c: c.fetch(sql, park_id)):
+                return []  # ended here: nothing was handed to it
+        except StorageError as exc:  # it ends by itself; a job handed meanwhile comes back
+            logger.warning(
+                "could not end the parking %s (%s); a job handed to it returns when its"
+                " lease expires",
+                park_id,
+                exc,
+                extra={"action": "unpark_failed"},
+            )
+            return []
+        fut = self._hands.get(park_id)
+        if fut is not None and fut.done() and fut.result():
+            return await self._handed(fut.result(), tokens)
+        return await self._take(tokens)
+
+    async def _take(self, tokens: list[str]) -> list[Lease]:
+        """The jobs claimed for a parking whose notification was not read."""
+        try:
+            rows = await self._fetch("handed", tokens)
+        except StorageError as exc:
+            logger.warning(
+                "could not read the job handed to a parking (%s); it returns when its"
+                " lease expires",
+                exc,
+                extra={"action": "hand_off_lost"},
+            )
+            return []
+        return [_lease(row) for row in rows]
+
+    async def _abandon(self, park_id: str, tokens: list[str]) -> None:
+        """The waiter was cancelled: end the parking and give back what it held."""
+        with contextlib.suppress(StorageError):
+            leases = await self._unpark(park_id, tokens)
+            if leases:
+                await self.finish(
+                    [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
+                )
+
     @property
     def listener(self) -> Listener | None:
         """The LISTEN connection's supervisor (None until opened)."""
@@ -741,6 +905,15 @@ async def _close_quietly(conn: asyncpg.Connection[Any], timeout: float) -> None:
         raise
     except Exception:
         conn.terminate()
+
+
+def _lease(row: Any) -> Lease:
+    return _lease_of(row_to_job(row))
+
+
+def _lease_of(job: Job) -> Lease:
+    assert job.lease_token is not None and job.lease_expires_at is not None
+    return Lease(job, job.lease_token, job.lease_expires_at)
 
 
 def _utc_args(args: Sequence[Any]) -> tuple[Any, ...]:

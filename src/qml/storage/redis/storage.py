@@ -79,7 +79,6 @@ class RedisStorage(RegistryHooks, Storage):
     """
 
     backend_name = "redis"
-    hands_off_claims = True
     capabilities = frozenset({CAP_DURABLE, CAP_MULTI_PROCESS, CAP_STORAGE_CLOCK})
 
     #: Ids a single ``list.lua`` call may examine (bounds the time Redis is busy).
@@ -531,19 +530,25 @@ class RedisStorage(RegistryHooks, Storage):
                 return
 
     # ------------------------------------------------------------------ hand-off
+    @property
+    def hands_off_claims(self) -> bool:
+        return self.config.hand_off and not self._companion
+
     async def _wait_for_claim(
         self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
     ) -> list[Lease]:
         """Park the claim (``park.lua``) and block on the list the hand-off
         pushes to, while also listening for other wake-ups; see ``hand_off``
         in ``scripts/_lib.lua``."""
-        if not self.config.hand_off or self._companion:
+        if not self.hands_off_claims:
             return await self._wait_interruptibly(timeout, interrupt)
+        if interrupt.is_set():
+            return []
         if self._listener is None:
             await self.open()
         listener = self._listener
-        if listener is None or interrupt.is_set():
-            return await self._wait_interruptibly(timeout, interrupt)
+        if listener is None:  # closed meanwhile
+            return await self._wait_then_claim(request, timeout, interrupt)
         # The park request goes out at once, and on a local socket its send can cost
         # the sender Redis's wake-up: let jobs the server just started begin first.
         await asyncio.sleep(0)
@@ -567,7 +572,7 @@ class RedisStorage(RegistryHooks, Storage):
                 )
             except StorageError as exc:  # Redis unreachable: a plain poll interval
                 log.debug("wait for work without Redis: %s", exc)
-                return await self._wait_interruptibly(timeout, interrupt)
+                return await self._wait_then_claim(request, timeout, interrupt)
             except asyncio.CancelledError:  # the parking may be registered: end it
                 await asyncio.shield(self._abandon(park_id, None))
                 raise

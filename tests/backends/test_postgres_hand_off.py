@@ -1,0 +1,328 @@
+"""PostgreSQL hand-off: a parked waiter (``park`` in queries.sql) is handed the
+jobs of an enqueue (``enqueue_hand_off``, ``enqueue_hand_off_one``) through a
+NOTIFY on its own channel, and no way a wait can end leaves a job held by
+nobody: a dead waiter's jobs come back with their lease, a cancelled one gives
+them back, a lost or oversized notification is made up for by the tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from qml import BackgroundJobServer, ServerConfig, WorkerRegistry
+from qml.errors import ConfigurationError, DuplicateJobError
+from qml.job import Job, JobState
+from qml.storage.postgres import PostgresConfig, PostgresStorage, quote_ident
+from qml.storage.postgres.migrate import Migrator
+from qml.storage.postgres.sql import Names
+from qml.storage.requests import ClaimRequest, Lease, RecoverRequest
+
+pytestmark = pytest.mark.services
+
+Open = Callable[..., Awaitable[PostgresStorage]]
+
+
+@pytest.fixture
+async def open_storage(postgres_dsn: str) -> AsyncIterator[Open]:
+    """Storages on one fresh schema, closed and dropped afterwards."""
+    schema = f"t_ho_{uuid4().hex[:12]}"
+    opened: list[PostgresStorage] = []
+
+    async def make(**options: Any) -> PostgresStorage:
+        options.setdefault("max_connections", 4)
+        storage = PostgresStorage(
+            PostgresConfig(postgres_dsn, schema_name=schema, min_connections=1, **options)
+        )
+        await storage.open()
+        opened.append(storage)
+        return storage
+
+    yield make
+    for storage in opened:
+        await storage.close()
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    finally:
+        await conn.close()
+
+
+def _request(server: str = "srv", limit: int = 5, queue: str = "default") -> ClaimRequest:
+    return ClaimRequest(server, [queue], limit, lease_seconds=60)
+
+
+def _parked_table(storage: PostgresStorage) -> str:
+    return f"{quote_ident(storage.names.schema)}.{quote_ident(storage.names.table + '_parked')}"
+
+
+async def _parkings(storage: PostgresStorage) -> list[str]:
+    rows = await storage._run(
+        lambda c: c.fetch(f"SELECT server_id FROM {_parked_table(storage)} ORDER BY parked_at"),
+        action="test",
+    )
+    return [r["server_id"] for r in rows]
+
+
+async def _parked(storage: PostgresStorage, n: int = 1) -> None:
+    """Until ``n`` waiters are parked (a condition, not a time)."""
+    while len(await _parkings(storage)) < n:
+        await asyncio.sleep(0.002)
+
+
+def _deaf(storage: PostgresStorage) -> None:
+    """Hand-off notifications no longer reach ``storage`` (as if lost)."""
+    assert storage.listener is not None
+    storage.listener._on_hand = lambda payload: None
+
+
+async def _check_held(storage: PostgresStorage, leases: list[Lease], server: str) -> None:
+    for lease in leases:
+        job = await storage.get_job(lease.job_id)
+        assert (job.state, job.server_id, job.lease_token, job.attempts) == (
+            JobState.PROCESSING,
+            server,
+            lease.token,
+            1,
+        )
+        assert job.lease_expires_at == lease.expires_at
+        assert [h.state for h in job.history] == [JobState.ENQUEUED, JobState.PROCESSING]
+
+
+async def test_each_parked_waiter_gets_its_own_jobs(open_storage: Open) -> None:
+    a, b, producer = await open_storage(), await open_storage(), await open_storage()
+    ta = asyncio.create_task(a.wait_for_claim(_request("a", 1), 30.0, asyncio.Event()))
+    await _parked(a, 1)
+    tb = asyncio.create_task(b.wait_for_claim(_request("b", 2), 30.0, asyncio.Event()))
+    await _parked(a, 2)
+    first = await producer.enqueue(Job("m", {"i": 0}))
+    got_a = await ta  # the longest parked first
+    assert [x.job_id for x in got_a] == [first]
+    assert await _parkings(a) == ["b"]  # b was not woken: still parked
+    assert not tb.done()
+    second = await producer.enqueue_many([Job("m", {"i": i}) for i in (1, 2)])
+    got_b = await tb
+    assert [x.job_id for x in got_b] == second
+    await _check_held(a, got_a, "a")
+    await _check_held(a, got_b, "b")
+    assert await _parkings(a) == []
+
+
+async def test_jobs_beyond_the_limit_wake_the_other_waiters(open_storage: Open) -> None:
+    a, b, producer = await open_storage(), await open_storage(), await open_storage()
+    ta = asyncio.create_task(a.wait_for_claim(_request("a", 1), 30.0, asyncio.Event()))
+    await _parked(a, 1)
+    tb = asyncio.create_task(b.wait_for_claim(_request("b", 2), 30.0, asyncio.Event()))
+    await _parked(a, 2)
+    ids = await producer.enqueue_many([Job("m", {"i": i}) for i in range(2)])
+    assert [x.job_id for x in await ta] == ids[:1]  # up to its limit
+    assert await tb == []  # woken by the one left over, which it claims next
+    assert (await a.get_job(ids[1])).state is JobState.ENQUEUED
+    assert await _parkings(a) == []
+
+
+async def test_jobs_are_handed_in_queue_then_priority_order(open_storage: Open) -> None:
+    storage = await open_storage()
+    request = ClaimRequest("srv", ["high", "low"], 2, lease_seconds=60)
+    task = asyncio.create_task(storage.wait_for_claim(request, 30.0, asyncio.Event()))
+    await _parked(storage)
+    ids = await storage.enqueue_many(
+        [
+            Job("m", queue="low", priority=9),
+            Job("m", queue="high"),
+            Job("m", queue="high", priority=5),
+        ]
+    )
+    leases = await task
+    assert [x.job_id for x in leases] == [ids[2], ids[1]]
+    assert (await storage.get_job(ids[0])).state is JobState.ENQUEUED
+
+
+async def test_scheduled_jobs_are_not_handed(open_storage: Open) -> None:
+    storage, producer = await open_storage(), await open_storage()
+    task = asyncio.create_task(storage.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(storage)
+    later = await producer.enqueue(Job("m", run_at=datetime.now(UTC) + timedelta(hours=1)))
+    assert await _parkings(storage) == ["srv"]  # nobody woken either
+    assert (await storage.get_job(later)).state is JobState.SCHEDULED
+    assert not task.done()
+    job_id = await producer.enqueue(Job("m"))
+    assert [x.job_id for x in await task] == [job_id]
+
+
+async def test_jobs_of_a_paused_queue_are_not_handed(open_storage: Open) -> None:
+    storage = await open_storage()
+    await storage.pause_queue("default")
+    task = asyncio.create_task(storage.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(storage)
+    held = await storage.enqueue(Job("m"))
+    assert await task == []  # woken (every Enqueued job signals), not handed
+    assert (await storage.get_job(held)).state is JobState.ENQUEUED
+    assert await _parkings(storage) == []
+
+
+async def test_other_signals_end_the_parking(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    task = asyncio.create_task(waiter.wait_for_claim(_request(queue="mine"), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    other = await producer.enqueue(Job("m", queue="elsewhere"))  # a plain NOTIFY
+    assert await task == []
+    assert await _parkings(waiter) == []
+    assert (await waiter.get_job(other)).state is JobState.ENQUEUED
+
+
+async def test_a_lost_notification_is_made_up_for_by_the_token(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    _deaf(waiter)
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 0.3, asyncio.Event()))
+    await _parked(waiter)
+    job_id = await producer.enqueue(Job("m", {"k": "v"}))
+    leases = await task  # timed out, found the parking gone, read the job by its token
+    assert [(x.job_id, x.job.args) for x in leases] == [(job_id, {"k": "v"})]
+    await _check_held(waiter, leases, "srv")
+
+
+async def test_jobs_too_large_for_a_notification_are_read_by_token(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    big = {"blob": "x" * 9000}
+    job_id = await producer.enqueue(Job("m", big))
+    leases = await task
+    assert [(x.job_id, x.job.args) for x in leases] == [(job_id, big)]
+    await _check_held(waiter, leases, "srv")
+
+
+async def test_a_cancelled_waiter_gives_back_what_was_handed(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    _deaf(waiter)  # the hand-off is made but not seen: the task is still waiting
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    job_id = await producer.enqueue(Job("m"))
+    assert (await producer.get_job(job_id)).state is JobState.PROCESSING
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    job = await producer.get_job(job_id)
+    assert (job.state, job.attempts) == (JobState.ENQUEUED, 0)  # released, not counted
+    assert await _parkings(producer) == []
+
+
+async def test_a_waiter_that_died_parked_gets_its_jobs_back_by_lease(open_storage: Open) -> None:
+    storage = await open_storage()
+    # a server killed while parked leaves its parking until parked_until
+    await storage._run(
+        lambda c: c.execute(
+            f"INSERT INTO {_parked_table(storage)} VALUES"
+            " ('dead.1', 'dead', '{default}', 1.0, '{tok-1}', 'nobody', now(),"
+            " now() + interval '1 minute')"
+        ),
+        action="test",
+    )
+    job_id = await storage.enqueue(Job("m"))
+    job = await storage.get_job(job_id)
+    assert (job.state, job.server_id, job.lease_token) == (JobState.PROCESSING, "dead", "tok-1")
+    assert job.lease_expires_at is not None
+    later = job.lease_expires_at + timedelta(seconds=1)
+    assert await storage.recover_expired(RecoverRequest(now=later)) == [job_id]
+    job = await storage.get_job(job_id)
+    assert (job.state, job.crashes) == (JobState.ENQUEUED, 1)
+
+
+async def test_an_ended_parking_is_not_used_and_is_pruned(open_storage: Open) -> None:
+    storage = await open_storage()
+    await storage._run(
+        lambda c: c.execute(
+            f"INSERT INTO {_parked_table(storage)} VALUES"
+            " ('old.1', 'old', '{default}', 30.0, '{tok-1}', 'nobody',"
+            " now() - interval '2 minutes', now() - interval '90 seconds')"
+        ),
+        action="test",
+    )
+    job_id = await storage.enqueue(Job("m"))
+    assert (await storage.get_job(job_id)).state is JobState.ENQUEUED
+    await storage.prune()
+    assert await _parkings(storage) == []
+
+
+async def test_a_duplicate_enqueue_leaves_the_parking_in_place(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    first = await producer.enqueue(Job("m", dedup_key="k"))
+    assert [x.job_id for x in await producer.claim(_request("other"))] == [first]
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    with pytest.raises(DuplicateJobError):
+        await producer.enqueue(Job("m", dedup_key="k"))
+    assert await _parkings(waiter) == ["srv"]  # rolled back with the insert
+    job_id = await producer.enqueue(Job("m"))
+    assert [x.job_id for x in await task] == [job_id]
+
+
+async def test_hand_off_can_be_switched_off(open_storage: Open) -> None:
+    storage = await open_storage(hand_off=False)
+    assert not storage.hands_off_claims
+    task = asyncio.create_task(storage.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await asyncio.sleep(0.02)
+    job_id = await storage.enqueue(Job("m"))
+    assert await task == []  # woken, not handed the job
+    assert await _parkings(storage) == []
+    assert [x.job_id for x in await storage.claim(_request())] == [job_id]
+    assert PostgresConfig.from_url("postgresql://h/db?qml_hand_off=0").hand_off is False
+    assert PostgresConfig.from_url("postgresql://h/db").hand_off is True
+    with pytest.raises(ConfigurationError, match="qml_hand_off"):
+        PostgresConfig.from_url("postgresql://h/db?qml_hand_off=maybe")
+
+
+@pytest.mark.parametrize("hand_off", [True, False])
+async def test_an_idle_server_runs_what_is_enqueued(open_storage: Open, hand_off: bool) -> None:
+    storage = await open_storage(hand_off=hand_off)
+    registry = WorkerRegistry(storage=storage)
+    ran: list[int] = []
+
+    @registry.job("record")
+    async def record(i: int) -> None:
+        ran.append(i)
+
+    server = BackgroundJobServer(
+        ServerConfig("hand", worker_count=4, polling_interval=30.0, enable_cleanup=False,
+                     enable_recurring=False),
+        storage,
+        registry,
+    )  # fmt: skip
+    await server.start()
+    try:
+        for i in range(5):
+            if hand_off:
+                await _parked(storage)
+            job_id = await record.enqueue(i)
+            while (await storage.get_job(job_id)).state is not JobState.SUCCEEDED:
+                await asyncio.sleep(0.005)
+    finally:
+        await server.stop()
+    assert ran == [0, 1, 2, 3, 4]
+    assert await _parkings(storage) == []  # stop ended the parking
+
+
+async def test_a_schema_without_the_parking_table_works_without_hand_off(
+    postgres_dsn: str,
+) -> None:
+    schema = f"t_ho_{uuid4().hex[:12]}"
+    conn = await asyncpg.connect(postgres_dsn)
+    storage = PostgresStorage(PostgresConfig(postgres_dsn, schema_name=schema, auto_migrate=False))
+    try:
+        await Migrator(Names(schema, "qml_jobs")).migrate(conn, target=4)
+        await storage.open()
+        assert not storage.hands_off_claims
+        job_id = await storage.enqueue(Job("m"))
+        waited = await storage.wait_for_claim(_request(), 0.01, asyncio.Event())
+        assert waited == []  # a plain wait: the server claims by itself
+        assert [x.job_id for x in await storage.claim(_request())] == [job_id]
+    finally:
+        await storage.close()
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+        await conn.close()

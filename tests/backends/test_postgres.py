@@ -535,12 +535,19 @@ async def test_hot_queries_use_their_indexes(storage: PostgresStorage) -> None:
         + [Outcome.retry(x, ERROR, delay=60) for x in leases[300:600]]
     )
     for suspects in (None, 1):
-        claim = await plan(storage, "claim", "srv", ["q1", "q2"], 10, None, 30.0, suspects, 2)
+        claim = await plan(storage, "claim", "srv", ["q1", "q2"], 10, None, 30.0, suspects, 2, None)
         assert "Index Scan using qml_jobs_claim_idx" in claim, claim
         assert re.search(r"Seq Scan on qml_jobs\b", claim) is None, claim
         assert "qml_jobs_state_idx" not in claim, claim
         if suspects is not None:  # the few suspects a claim may take: on their own index
             assert "qml_jobs_suspects_idx" in claim, claim
+    park = await plan(
+        storage, "park", "srv", ["q1"], 10, None, 30.0, 1, 2, ["t"] * 10, "p.1", "ch", 1.0
+    )
+    assert "Index Scan using qml_jobs_claim_idx" in park, park
+    # the jobs handed to a parking, read by their tokens: among the Processing ones
+    handed = await plan(storage, "handed", ["t1", "t2"])
+    assert "qml_jobs_lease_idx" in handed, handed
     # Periodic services select through their partial indexes.
     for name, args, index in [
         ("activate_due", (None, 100), "qml_jobs_due_idx"),

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from qml import BackgroundJobServer, ServerConfig, WorkerRegistry
-from qml.errors import ConfigurationError, DuplicateJobError
+from qml.errors import ConfigurationError, DuplicateJobError, StorageUnavailableError
 from qml.job import Job, JobState
 from qml.storage.postgres import PostgresConfig, PostgresStorage, quote_ident
 from qml.storage.postgres.migrate import Migrator
@@ -71,7 +71,9 @@ async def _parkings(storage: PostgresStorage) -> list[str]:
 
 async def _parked(storage: PostgresStorage, n: int = 1) -> None:
     """Until ``n`` waiters are parked (a condition, not a time)."""
+    deadline = asyncio.get_running_loop().time() + 10.0  # a safety net, not a timing
     while len(await _parkings(storage)) < n:
+        assert asyncio.get_running_loop().time() < deadline, "not parked"
         await asyncio.sleep(0.002)
 
 
@@ -316,9 +318,9 @@ async def test_a_schema_without_the_parking_table_works_without_hand_off(
     storage = PostgresStorage(PostgresConfig(postgres_dsn, schema_name=schema, auto_migrate=False))
     try:
         await Migrator(Names(schema, "qml_jobs")).migrate(conn, target=4)
-        await storage.open()
+        job_id = await storage.enqueue(Job("m"))  # the first call opens the storage
         assert not storage.hands_off_claims
-        job_id = await storage.enqueue(Job("m"))
+        await storage.prune()
         waited = await storage.wait_for_claim(_request(), 0.01, asyncio.Event())
         assert waited == []  # a plain wait: the server claims by itself
         assert [x.job_id for x in await storage.claim(_request())] == [job_id]
@@ -326,3 +328,107 @@ async def test_a_schema_without_the_parking_table_works_without_hand_off(
         await storage.close()
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
         await conn.close()
+
+
+async def _until_state(storage: PostgresStorage, job_id: str, state: JobState) -> Job:
+    deadline = asyncio.get_running_loop().time() + 10.0  # a safety net, not a timing
+    while (job := await storage.get_job(job_id)).state is not state:
+        assert asyncio.get_running_loop().time() < deadline, (job.state, state)
+        await asyncio.sleep(0.005)
+    return job
+
+
+async def test_jobs_handed_to_a_parking_whose_wait_is_over_are_given_back(
+    open_storage: Open,
+) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    await waiter.wait_for_claim(_request(), 0.01, asyncio.Event())  # opened, a wait done
+    # a parking of this storage left behind (its end failed), still listened to
+    stale = f"{waiter._park_prefix}.999"
+    await waiter._run(
+        lambda c: c.execute(
+            f"INSERT INTO {_parked_table(waiter)} VALUES ($1, 'srv', '{{default}}', 60.0,"
+            " '{tok-stale}', $2, now(), now() + interval '1 minute')",
+            stale,
+            waiter._hand_channel,
+        ),
+        action="test",
+    )
+    job_id = await producer.enqueue(Job("m"))
+    job = await _until_state(producer, job_id, JobState.ENQUEUED)  # released by the waiter
+    assert job.attempts == 0
+    assert [h.state for h in job.history][-1] is JobState.ENQUEUED
+
+
+async def test_a_waiter_cancelled_while_it_ends_its_parking_gives_back(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    _deaf(waiter)
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    real_fetch = waiter._fetch
+
+    async def slow_fetch(name: str, *args: Any, idempotent: bool = True) -> list[Any]:
+        if name == "handed":
+            reading.set()
+            await go_on.wait()
+        return await real_fetch(name, *args, idempotent=idempotent)
+
+    monkeypatch.setattr(waiter, "_fetch", slow_fetch)
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 0.2, asyncio.Event()))
+    await _parked(waiter)
+    job_id = await producer.enqueue(Job("m"))  # handed, but the waiter hears nothing
+    await reading.wait()  # timed out, found its parking gone, reading the job by token
+    task.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    job = await _until_state(producer, job_id, JobState.ENQUEUED)
+    assert job.attempts == 0
+
+
+async def test_a_claim_whose_reply_was_lost_is_given_back(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiter = await open_storage()
+    ids = await waiter.enqueue_many([Job("m"), Job("m")])
+    real_hot = waiter._hot
+    lost: list[Any] = []
+
+    async def lossy(name: str, fn: Any, **kwargs: Any) -> Any:
+        result = await real_hot(name, fn, **kwargs)
+        if not lost:  # the park statement claimed both, then its reply was lost
+            lost.append(result)
+            raise StorageUnavailableError("connection lost")
+        return result
+
+    monkeypatch.setattr(waiter, "_hot", lossy)
+    with pytest.raises(StorageUnavailableError):
+        await waiter.wait_for_claim(_request(), 30.0, asyncio.Event())
+    assert len(lost[0]) == 2
+    for job_id in ids:  # found by the tokens the wait drew, and released
+        assert (await _until_state(waiter, job_id, JobState.ENQUEUED)).attempts == 0
+
+
+async def test_a_job_with_a_dedup_key_is_not_handed(open_storage: Open) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    job_id = await producer.enqueue(Job("m", dedup_key="once"))
+    assert await task == []  # woken: it claims the job itself
+    assert (await producer.get_job(job_id)).state is JobState.ENQUEUED
+    with pytest.raises(DuplicateJobError):
+        await producer.enqueue(Job("m", dedup_key="once"))
+
+
+async def test_jobs_left_over_by_a_hand_off_wake_waiters_of_the_same_storage(
+    open_storage: Open,
+) -> None:
+    storage = await open_storage()
+    parked = asyncio.create_task(storage.wait_for_claim(_request("a", 1), 30.0, asyncio.Event()))
+    await _parked(storage)
+    other = asyncio.create_task(storage.wait_for_work(30.0))
+    await asyncio.sleep(0)
+    ids = await storage.enqueue_many([Job("m"), Job("m")])
+    assert [x.job_id for x in await parked] == ids[:1]
+    assert await other is True  # woken at once (its own NOTIFY is ignored), not timed out

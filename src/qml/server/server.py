@@ -253,7 +253,7 @@ class BackgroundJobServer:
                 await task
         if self._keeper is not None:
             await self._keeper.stop()
-        await asyncio.gather(*(svc.stop() for svc in self._services))
+        await asyncio.gather(*(svc.stop() for svc in self._services), return_exceptions=True)
         with contextlib.suppress(StorageError):
             await self.storage.remove_server(self.name)
         self.pool.shutdown()

@@ -78,7 +78,11 @@ class PeriodicService(ABC):
         task, self._task = self._task, None
         if task is None:
             return
-        done, _ = await asyncio.wait({task}, timeout=grace)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=grace)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         if not done:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -43,8 +43,10 @@ FROM src, t
 -- Processing with the parking's lease tokens; the parking is deleted and the jobs
 -- are sent to the server on its channel at commit, as one JSON array (empty when
 -- it would not fit a notification: the server then reads them by token). SKIP
--- LOCKED: a parking another enqueue is taking is passed over. A row back: jobs
--- were handed over.
+-- LOCKED: a parking another enqueue is taking is passed over. A row back: how many
+-- jobs were handed over. Not for jobs with a dedup key (no dedup keys are written
+-- here): an insert waiting on a key another transaction holds would hold the
+-- parking, and its server, as long.
 WITH t AS (
     SELECT at,
            {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
@@ -81,9 +83,6 @@ WITH t AS (
     WHERE x.rn <= cardinality(p.tokens)
 ), taken AS (
     DELETE FROM {{schema}}.{{table_parked}} k USING p WHERE k.park_id = p.park_id
-), dedup AS (
-    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
-    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
 ), ins AS (
     INSERT INTO {{schema}}.{{table}} AS j (id, method, args, queue, priority, max_retries,
         run_at, timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history,
@@ -107,15 +106,17 @@ WITH t AS (
     RETURNING j.lease_token, CASE WHEN j.lease_token IS NOT NULL THEN {{job_json}} END AS job
 ), sent AS (
     SELECT '[' || string_agg(ins.job, ',' ORDER BY array_position(p.tokens, ins.lease_token))
-           || ']' AS jobs
+           || ']' AS jobs, count(*) AS n
     FROM ins, p WHERE ins.lease_token IS NOT NULL
 )
 SELECT pg_notify(p.channel, p.park_id || ' '
-                 || CASE WHEN octet_length(sent.jobs) < 7900 THEN sent.jobs ELSE '' END)
+                 || CASE WHEN octet_length(sent.jobs) < 7900 THEN sent.jobs ELSE '' END),
+       sent.n AS handed
 FROM sent, p WHERE sent.jobs IS NOT NULL
 
 -- name: enqueue_hand_off_one
--- "enqueue_hand_off" for one job, in fewer steps (no ranking, no aggregate).
+-- "enqueue_hand_off" for one job, in fewer steps (no ranking, no aggregate). Not
+-- for a job with a dedup key either (neither writes dedup keys).
 WITH t AS (
     SELECT at,
            {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
@@ -137,9 +138,6 @@ WITH t AS (
     FOR UPDATE OF k SKIP LOCKED
 ), taken AS (
     DELETE FROM {{schema}}.{{table_parked}} k USING p WHERE k.park_id = p.park_id
-), dedup AS (
-    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
-    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
 ), ins AS (
     INSERT INTO {{schema}}.{{table}} AS j (id, method, args, queue, priority, max_retries,
         run_at, timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history,
@@ -161,7 +159,8 @@ WITH t AS (
     RETURNING CASE WHEN j.lease_token IS NOT NULL THEN {{job_json}} END AS job
 )
 SELECT pg_notify(p.channel, p.park_id || ' '
-                 || CASE WHEN octet_length(ins.job) < 7900 THEN '[' || ins.job || ']' ELSE '' END)
+                 || CASE WHEN octet_length(ins.job) < 7900 THEN '[' || ins.job || ']' ELSE '' END),
+       1 AS handed
 FROM p, ins WHERE ins.job IS NOT NULL
 
 -- name: enqueue_skip_used
@@ -189,7 +188,8 @@ RETURNING id
 
 -- name: claim
 -- $1 server, $2 queues in priority order, $3 limit, $4 now, $5 lease seconds,
--- $6 how many suspects (crashes >= $7, $7 >= 1) it may take, NULL: any number.
+-- $6 how many suspects (crashes >= $7, $7 >= 1) it may take, NULL: any number,
+-- $8 lease tokens drawn by the caller (NULL: drawn here).
 -- One LATERAL probe of the claim index per queue; SKIP LOCKED lets concurrent
 -- claimers pass each other; lease token and deadline come from the database.
 -- Suspects beyond $6 (in claim order) are passed over and keep their place; the
@@ -233,7 +233,7 @@ UPDATE {{schema}}.{{table}} AS j SET
     attempts = j.attempts + 1,
     started_at = t.at,
     server_id = $1,
-    lease_token = gen_random_uuid()::text,
+    lease_token = coalesce(($8::text[])[kept.rn::int], gen_random_uuid()::text),
     lease_expires_at = t.at + $5::float8 * interval '1 second',
     cancel_requested = false,
     updated_at = t.at,
@@ -244,9 +244,10 @@ WHERE j.id = kept.id
 RETURNING kept.rn, {{job_columns}}
 
 -- name: park
--- A claim ($1..$7 as in "claim") that parks when it takes nothing: $8 park id,
--- $9 lease tokens for a hand-off (as many as the limit), $10 NOTIFY channel,
--- $11 seconds parked. An
+-- A claim ($1..$8 as in "claim"; $8 the lease tokens, as many as the limit, for
+-- this claim or a hand-off) that parks when it takes nothing: $9 park id, $10 NOTIFY
+-- channel, $11 seconds parked. Jobs claimed here or handed over later both hold
+-- those tokens, so a waiter that lost the reply finds them ("handed"). An
 -- enqueue that commits after this statement's snapshot but before its commit
 -- neither is claimed here nor sees the parking: it NOTIFYs the installation's
 -- channel as ever, which ends the parking.
@@ -255,7 +256,7 @@ WITH claimed AS (
 ), parked AS (
     INSERT INTO {{schema}}.{{table_parked}} (park_id, server_id, queues, lease_seconds, tokens,
         channel, parked_at, parked_until)
-    SELECT $8, $1, $2, $5, $9, $10, now(), now() + $11::float8 * interval '1 second'
+    SELECT $9, $1, $2, $5, $8, $10, now(), now() + $11::float8 * interval '1 second'
     WHERE NOT EXISTS (SELECT 1 FROM claimed)
 )
 SELECT * FROM claimed
@@ -268,7 +269,7 @@ DELETE FROM {{schema}}.{{table_parked}} WHERE park_id = $1 RETURNING 1
 -- name: handed
 -- The jobs handed to a parking whose notification was not read: by their tokens.
 SELECT {{job_columns}} FROM {{schema}}.{{table}} j
-WHERE j.lease_token = ANY ($1::text[]) AND j.state::text = 'processing'
+WHERE j.lease_token = ANY ($1::text[]) AND j.state = 'processing'
 ORDER BY array_position($1::text[], j.lease_token)
 
 -- name: prune_parked

@@ -208,6 +208,9 @@ def json_to_jobs(text: str) -> list[Job]:
             value = row[name]
             if value is not None:
                 row[name] = _iso_time(value)
+        for name in ("timeout", "progress"):  # JSON writes a whole float8 as 30, not 30.0
+            if row[name] is not None:
+                row[name] = float(row[name])
         out.append(row_to_job(row))
     return out
 

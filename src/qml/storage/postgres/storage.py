@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -133,6 +133,8 @@ class PostgresStorage(Storage):
         self._hands: dict[str, asyncio.Future[Any]] = {}
         #: False on a schema older than the parking table (auto_migrate off).
         self._hand_off = self.config.hand_off
+        self._has_parked = True
+        self._background: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -190,7 +192,7 @@ class PostgresStorage(Storage):
             if not status.up_to_date and self.config.auto_migrate:
                 await self._call(pool, self._migrator.migrate, "migrate")
             elif status.current < _PARKED_SINCE:
-                self._hand_off = False
+                self._hand_off = self._has_parked = False
             if not await listener.wait_connected(self.config.connect_timeout):
                 logger.warning(
                     "LISTEN connection not ready; idle servers poll until it is",
@@ -286,6 +288,10 @@ class PostgresStorage(Storage):
                 await vacuum
         listener, pool = self._listener, self._pool
         self._listener = self._pool = None
+        if self._background:  # hand-offs being given back: let them end
+            _, late = await asyncio.wait(self._background, timeout=self.config.command_timeout)
+            for task in late:
+                task.cancel()
         lanes, self._lanes = self._lanes, {}
         for lane in lanes.values():
             await lane.close(self.config.command_timeout)
@@ -463,12 +469,20 @@ class PostgresStorage(Storage):
     # ------------------------------------------------------------------ enqueue
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
         params = (enqueue_json(jobs, payloads),)
-        hand_off = connection is None and self._hand_off
+        if not self._ready:
+            await self.open()  # installs the schema if auto_migrate (and tells its version)
+        # Not inside the caller's transaction (it would hold the parking until it
+        # ends), nor with dedup keys (see enqueue_hand_off in queries.sql).
+        hand_off = (
+            connection is None
+            and self._hand_off
+            and not any(job.dedup_key is not None for job in jobs)
+        )
         if hand_off:
             sql = self._q["enqueue_hand_off_one" if len(jobs) == 1 else "enqueue_hand_off"]
         else:
             sql = self._q["enqueue"]
-        handed = False
+        handed = 0
 
         async def insert(conn: Conn) -> None:
             nonlocal handed
@@ -476,8 +490,9 @@ class PostgresStorage(Storage):
                 if conn.is_in_transaction():  # a savepoint inside the caller's transaction
                     async with conn.transaction():
                         await conn.execute(sql, *params)
-                elif hand_off:  # a row back: the job went to a parked server
-                    handed = bool(await conn.fetch(sql, *params))
+                elif hand_off:  # a row back: jobs went to a parked server
+                    rows = await conn.fetch(sql, *params)
+                    handed = int(rows[0]["handed"]) if rows else 0
                 else:  # one statement is atomic by itself: no BEGIN/COMMIT round trips
                     await conn.execute(sql, *params)
             except pg.UniqueViolationError as exc:
@@ -485,15 +500,13 @@ class PostgresStorage(Storage):
 
         if connection is None:
             await self._hot("enqueue", insert)
-            if not handed:
+            if handed < len(jobs):  # our own NOTIFYs are ignored: wake local waiters
                 self._wake()
         else:
             if not isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
                 raise ConfigurationError(
                     "connection must be an asyncpg connection (or pool connection)"
                 )
-            if not self._ready:
-                await self.open()  # installs the schema if auto_migrate
             try:
                 await insert(connection)
             except Exception as exc:
@@ -521,6 +534,7 @@ class PostgresStorage(Storage):
                 float(request.lease_seconds),
                 request.max_suspects,
                 request.suspect_crashes,
+                None,
             )
         )
         rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
@@ -740,7 +754,8 @@ class PostgresStorage(Storage):
     ) -> None:
         await self._execute("prune_dedup", float(dedup_older_than), now)
         await self._execute("prune_stats", float(stats_older_than), now)
-        await self._execute("prune_parked", now)
+        if self._has_parked:
+            await self._execute("prune_parked", now)
 
     # ------------------------------------------------------------------ servers
     async def _heartbeat_server(self, info: ServerInfo) -> None:
@@ -770,21 +785,24 @@ class PostgresStorage(Storage):
         self, request: ClaimRequest, timeout: float, interrupt: asyncio.Event
     ) -> list[Lease]:
         """Claim for ``request``, or park it (``park`` in queries.sql) and wait for
-        a job an enqueue claims for this parking (``enqueue_hand_off``), another
-        wake-up, ``interrupt`` or the timeout; then end the parking (``unpark``)."""
+        jobs an enqueue claims for this parking (``enqueue_hand_off``), another
+        wake-up, ``interrupt`` or the timeout; then end the parking (``unpark``).
+        However the wait ends, what was claimed for it is returned or given back
+        (a cancelled or failed wait), never left held by nobody."""
+        if not self._ready:
+            await self.open()
         if not self.hands_off_claims:
             return await self._wait_interruptibly(timeout, interrupt)
         if interrupt.is_set():
             return []
-        if not self._ready:
-            await self.open()
         listener = self._listener
         if listener is None or not listener.connected:  # nothing would reach it: poll
             return await self._wait_then_claim(request, timeout, interrupt)
         self._parks += 1
         park_id = f"{self._park_prefix}.{self._parks}"
+        # The claim of the park statement and a later hand-off use these tokens.
         tokens = [str(uuid.uuid4()) for _ in range(request.limit)]
-        # One future for the whole wait: a job sent here sets it to the job, any
+        # One future for the whole wait: jobs sent here set it to their JSON, any
         # other wake-up (also one during the park statement) to None.
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._hands[park_id] = fut
@@ -800,16 +818,16 @@ class PostgresStorage(Storage):
                     float(request.lease_seconds),
                     request.max_suspects,
                     request.suspect_crashes,
-                    park_id,
                     tokens,
+                    park_id,
                     self._hand_channel,
                     float(timeout + _PARK_GRACE),
                 )
             )
             try:
                 rows = await self._hot("claim", lambda c: c.fetch(sql, *params))
-            except asyncio.CancelledError:  # the parking may be registered: end it
-                await asyncio.shield(self._abandon(park_id, tokens))
+            except BaseException as exc:  # it may have parked or claimed all the same
+                await self._abandon_after(exc, park_id, tokens)
                 raise
             if rows:
                 return self._claimed(rows)
@@ -818,25 +836,63 @@ class PostgresStorage(Storage):
                 if not fut.done():
                     waits = {fut} if stop is None else {fut, stop}
                     await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._abandon(park_id, tokens))
+            except BaseException as exc:
+                await self._abandon_after(exc, park_id, tokens)
                 raise
             finally:
                 if stop is not None:
                     stop.cancel()
-            if fut.done() and fut.result() is not None:
-                return await self._handed(fut.result(), tokens)
-            return await self._unpark(park_id, tokens)
+            # Shielded: cancelled now, what it takes is given back, not dropped.
+            settling = asyncio.ensure_future(self._settle(park_id, tokens))
+            try:
+                return await asyncio.shield(settling)
+            except asyncio.CancelledError:
+                settling.add_done_callback(self._give_back_settled)
+                raise
         finally:
             self._waiters.discard(fut)
             self._hands.pop(park_id, None)
 
     def _on_hand(self, payload: str) -> None:
-        """A notification on the hand-off channel: ``<park id> <job JSON>``."""
-        park_id, _, job = payload.partition(" ")
+        """A notification on the hand-off channel: ``<park id> <jobs JSON>``."""
+        park_id, _, jobs = payload.partition(" ")
         fut = self._hands.get(park_id)
-        if fut is not None and not fut.done():
-            fut.set_result(job)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(jobs)
+            return
+        if park_id.startswith(self._park_prefix + ".") and jobs:
+            # a parking of ours whose wait is over (its end failed or raced): give back
+            self._in_background(self._give_back_json(jobs))
+
+    async def _settle(self, park_id: str, tokens: list[str]) -> list[Lease]:
+        """After a wait: the jobs sent to the parking, else end it (``unpark``) and
+        take what was claimed for it before it ended."""
+        fut = self._hands.get(park_id)
+        if fut is not None and fut.done() and fut.result():
+            return await self._handed(fut.result(), tokens)
+        sql = self._q["unpark"]
+        try:
+            try:
+                ended = await self._hot("claim", lambda c: c.fetch(sql, park_id))
+            except StorageError:  # once more, on any connection (a repeat finds no row)
+                ended = await self._run(
+                    lambda c: c.fetch(sql, park_id), action="unpark", idempotent=True
+                )
+        except StorageError as exc:  # it ends by itself; a job handed meanwhile comes back
+            logger.warning(
+                "could not end the parking %s (%s); jobs handed to it return when their"
+                " leases expire",
+                park_id,
+                exc,
+                extra={"action": "unpark_failed"},
+            )
+            return []
+        if ended:
+            return []  # nothing was handed to it
+        if fut is not None and fut.done() and fut.result():  # arrived meanwhile
+            return await self._handed(fut.result(), tokens)
+        return await self._take(tokens)
 
     async def _handed(self, jobs_json: str, tokens: list[str]) -> list[Lease]:
         """The jobs sent to a parking (read by their tokens when they did not fit)."""
@@ -847,48 +903,77 @@ class PostgresStorage(Storage):
             raise StorageError("a hand-off arrived with another parking's token")
         return leases
 
-    async def _unpark(self, park_id: str, tokens: list[str]) -> list[Lease]:
-        """End the parking; what was handed to it before it ended is returned."""
-        sql = self._q["unpark"]
-        try:
-            if await self._hot("claim", lambda c: c.fetch(sql, park_id)):
-                return []  # ended here: nothing was handed to it
-        except StorageError as exc:  # it ends by itself; a job handed meanwhile comes back
-            logger.warning(
-                "could not end the parking %s (%s); a job handed to it returns when its"
-                " lease expires",
-                park_id,
-                exc,
-                extra={"action": "unpark_failed"},
-            )
-            return []
-        fut = self._hands.get(park_id)
-        if fut is not None and fut.done() and fut.result():
-            return await self._handed(fut.result(), tokens)
-        return await self._take(tokens)
-
     async def _take(self, tokens: list[str]) -> list[Lease]:
-        """The jobs claimed for a parking whose notification was not read."""
+        """The jobs claimed with a parking's tokens whose notification was not read."""
         try:
             rows = await self._fetch("handed", tokens)
         except StorageError as exc:
             logger.warning(
-                "could not read the job handed to a parking (%s); it returns when its"
-                " lease expires",
+                "could not read the jobs handed to a parking (%s); they return when their"
+                " leases expire",
                 exc,
                 extra={"action": "hand_off_lost"},
             )
             return []
         return [_lease(row) for row in rows]
 
+    async def _abandon_after(self, exc: BaseException, park_id: str, tokens: list[str]) -> None:
+        """End a wait that failed (in the background: the storage may be down) or
+        was cancelled (before the cancellation goes on, shielded from another)."""
+        ending = self._in_background(self._abandon(park_id, tokens))
+        if isinstance(exc, asyncio.CancelledError):
+            await asyncio.shield(ending)
+
     async def _abandon(self, park_id: str, tokens: list[str]) -> None:
-        """The waiter was cancelled: end the parking and give back what it held."""
-        with contextlib.suppress(StorageError):
-            leases = await self._unpark(park_id, tokens)
-            if leases:
-                await self.finish(
-                    [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
-                )
+        """The wait failed or was cancelled: end the parking and give back what was
+        claimed for it (a release, no attempt counted)."""
+        try:
+            leases = await self._settle(park_id, tokens)
+        except Exception as exc:
+            logger.warning(
+                "could not end the parking %s (%s); jobs handed to it return when their"
+                " leases expire",
+                park_id,
+                exc,
+                extra={"action": "unpark_failed"},
+            )
+            return
+        await self._give_back(leases)
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        if not leases:
+            return
+        try:
+            await self.finish(
+                [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
+            )
+        except Exception as exc:
+            logger.warning(
+                "could not give back %d job(s) handed over to a wait that ended (%s); they"
+                " return when their leases expire",
+                len(leases),
+                exc,
+                extra={"action": "hand_off_lost"},
+            )
+
+    async def _give_back_json(self, jobs_json: str) -> None:
+        try:
+            leases = [_lease_of(job) for job in json_to_jobs(jobs_json)]
+        except Exception as exc:  # unreadable: they return when their leases expire
+            logger.warning("unreadable hand-off (%s)", exc, extra={"action": "hand_off_lost"})
+            return
+        await self._give_back(leases)
+
+    def _give_back_settled(self, settling: asyncio.Future[list[Lease]]) -> None:
+        if not settling.cancelled() and settling.exception() is None:
+            self._in_background(self._give_back(settling.result()))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run ``coro`` on its own (a reference is kept until it ends)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     @property
     def listener(self) -> Listener | None:

@@ -432,3 +432,18 @@ async def test_jobs_left_over_by_a_hand_off_wake_waiters_of_the_same_storage(
     ids = await storage.enqueue_many([Job("m"), Job("m")])
     assert [x.job_id for x in await parked] == ids[:1]
     assert await other is True  # woken at once (its own NOTIFY is ignored), not timed out
+
+
+async def test_without_its_listen_connection_a_waiter_polls_and_claims(
+    open_storage: Open,
+) -> None:
+    storage = await open_storage()
+    assert storage.listener is not None
+    await storage.listener.stop()  # nothing could reach a parking: no parking
+    job_id = await storage.enqueue(Job("m"))
+    leases = await storage.wait_for_claim(_request(), 0.05, asyncio.Event())
+    assert [x.job_id for x in leases] == [job_id]  # claimed after the poll interval
+    assert await _parkings(storage) == []
+    interrupt = asyncio.Event()
+    interrupt.set()
+    assert await storage.wait_for_claim(_request(), 30.0, interrupt) == []

@@ -212,8 +212,10 @@ async def test_hand_off_can_be_switched_off(open_storage: Open) -> None:
         RedisConfig.from_url("redis://h/0?hand_off=maybe")
 
 
-async def test_an_idle_server_is_handed_its_jobs(open_storage: Open) -> None:
-    storage = await open_storage()
+@pytest.mark.parametrize("hand_off", [True, False])
+async def test_an_idle_server_is_handed_its_jobs(open_storage: Open, hand_off: bool) -> None:
+    storage = await open_storage(hand_off=hand_off)
+    assert storage.hands_off_claims is hand_off
     registry = WorkerRegistry(storage=storage)
     ran: list[int] = []
 
@@ -230,14 +232,17 @@ async def test_an_idle_server_is_handed_its_jobs(open_storage: Open) -> None:
     await server.start()
     try:
         for i in range(5):
-            await _parked(storage)
+            if hand_off:
+                await _parked(storage)
             before = await _wake_generation(storage)
             job_id = await record.enqueue(i)
-            assert await _wake_generation(storage) == before  # handed over, nobody woken
+            if hand_off:
+                assert await _wake_generation(storage) == before  # handed, nobody woken
             while (await storage.get_job(job_id)).state is not JobState.SUCCEEDED:
                 await asyncio.sleep(0.005)
     finally:
         await server.stop()
+    # without the hand-off the server claims by itself after each wake-up
     assert ran == [0, 1, 2, 3, 4]
     assert await storage._cmd("HLEN", storage.keys.parked) == 0  # stop ended the parking
 
@@ -306,30 +311,3 @@ async def test_an_immediate_claim_keeps_another_wait_registered(open_storage: Op
     waiting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
-
-
-async def test_a_server_with_hand_off_off_claims_by_itself(open_storage: Open) -> None:
-    storage = await open_storage(hand_off=False)
-    assert not storage.hands_off_claims
-    registry = WorkerRegistry(storage=storage)
-    ran: list[int] = []
-
-    @registry.job("record")
-    async def record(i: int) -> None:
-        ran.append(i)
-
-    server = BackgroundJobServer(
-        ServerConfig("plain", worker_count=4, polling_interval=30.0, enable_cleanup=False,
-                     enable_recurring=False),
-        storage,
-        registry,
-    )  # fmt: skip
-    await server.start()
-    try:
-        for i in range(3):
-            job_id = await record.enqueue(i)
-            while (await storage.get_job(job_id)).state is not JobState.SUCCEEDED:
-                await asyncio.sleep(0.005)
-    finally:
-        await server.stop()
-    assert ran == [0, 1, 2]

@@ -880,13 +880,7 @@ class PostgresStorage(Storage):
                     lambda c: c.fetch(sql, park_id), action="unpark", idempotent=True
                 )
         except StorageError as exc:  # it ends by itself; a job handed meanwhile comes back
-            logger.warning(
-                "could not end the parking %s (%s); jobs handed to it return when their"
-                " leases expire",
-                park_id,
-                exc,
-                extra={"action": "unpark_failed"},
-            )
+            _unpark_failed(park_id, exc)
             return []
         if ended:
             return []  # nothing was handed to it
@@ -930,13 +924,7 @@ class PostgresStorage(Storage):
         try:
             leases = await self._settle(park_id, tokens)
         except Exception as exc:
-            logger.warning(
-                "could not end the parking %s (%s); jobs handed to it return when their"
-                " leases expire",
-                park_id,
-                exc,
-                extra={"action": "unpark_failed"},
-            )
+            _unpark_failed(park_id, exc)
             return
         await self._give_back(leases)
 
@@ -990,6 +978,15 @@ async def _close_quietly(conn: asyncpg.Connection[Any], timeout: float) -> None:
         raise
     except Exception:
         conn.terminate()
+
+
+def _unpark_failed(park_id: str, exc: Exception) -> None:
+    logger.warning(
+        "could not end the parking %s (%s); jobs handed to it return when their leases expire",
+        park_id,
+        exc,
+        extra={"action": "unpark_failed"},
+    )
 
 
 def _lease(row: Any) -> Lease:

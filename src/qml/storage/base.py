@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -725,6 +726,24 @@ class Storage(ABC):
         claim as the server would have."""
         await self._wait_interruptibly(timeout, interrupt)
         return [] if interrupt.is_set() else await self.claim(request)
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        """Release jobs claimed for a wait that ended without taking them (a
+        release, no attempt counted); on failure they return by lease expiry."""
+        if not leases:
+            return
+        try:
+            await self.finish(
+                [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
+            )
+        except Exception as exc:
+            logging.getLogger("qml.storage").warning(
+                "could not give back %d job(s) handed over to a wait that ended (%s); they"
+                " return when their leases expire",
+                len(leases),
+                exc,
+                extra={"action": "hand_off_lost"},
+            )
 
     async def _wait_interruptibly(self, timeout: float, interrupt: asyncio.Event) -> list[Lease]:
         if interrupt.is_set():

@@ -928,22 +928,6 @@ class PostgresStorage(Storage):
             return
         await self._give_back(leases)
 
-    async def _give_back(self, leases: list[Lease]) -> None:
-        if not leases:
-            return
-        try:
-            await self.finish(
-                [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
-            )
-        except Exception as exc:
-            logger.warning(
-                "could not give back %d job(s) handed over to a wait that ended (%s); they"
-                " return when their leases expire",
-                len(leases),
-                exc,
-                extra={"action": "hand_off_lost"},
-            )
-
     async def _give_back_json(self, jobs_json: str) -> None:
         try:
             leases = [_lease_of(job) for job in json_to_jobs(jobs_json)]

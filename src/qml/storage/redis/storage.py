@@ -657,13 +657,6 @@ class RedisStorage(RegistryHooks, Storage):
         with contextlib.suppress(StorageError):
             await self._give_back(await self._unpark_and_take(park_id))
 
-    async def _give_back(self, leases: list[Lease]) -> None:
-        """Release jobs handed over but never taken up (their waiter had gone)."""
-        if leases:
-            await self.finish(
-                [Outcome.release(lease, reason="hand-off not taken") for lease in leases]
-            )
-
     # ------------------------------------------------------------------ wake-up
     async def _wait_for_work(self, timeout: float) -> bool:
         if self._listener is None:

@@ -794,6 +794,23 @@ async def test_concurrent_claims_and_finishes_share_the_lanes(storage: PostgresS
     assert await storage.count(state=JobState.SUCCEEDED) == 40
 
 
+async def test_only_the_claim_commits_without_waiting_for_its_wal_flush(
+    storage: PostgresStorage,
+) -> None:
+    await storage.enqueue(Job("m"))
+    (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))
+    await storage.finish([Outcome.succeed(lease, None, ttl=60)])
+    setting = {
+        name: await lane._conn.fetchval("SHOW synchronous_commit")
+        for name, lane in storage._lanes.items()
+        if lane._conn is not None
+    }
+    default = await storage._run(lambda c: c.fetchval("SHOW synchronous_commit"), action="t")
+    assert default == storage.synchronous_commit
+    # the outcome's commit flushes the WAL up to it, the claim's with it
+    assert setting == {"claim": "off", "enqueue": default, "finish": default}
+
+
 async def test_closing_the_storage_closes_its_lanes(storage: PostgresStorage) -> None:
     await storage.enqueue(Job("m"))
     (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))

@@ -109,6 +109,8 @@ class JobProcessor:
         return Outcome.release(lease, delay=delay, reason=UNKNOWN_METHOD)
 
     def success(self, lease: Lease, value: Any) -> Outcome:
+        if value is None:  # the usual result, always JSON
+            return Outcome.succeed(lease, None, ttl=self.succeeded_ttl)
         try:
             check_payload(value)
         except SerializationError as exc:
@@ -160,8 +162,11 @@ class JobProcessor:
             if worker.is_async:
                 # in this task (wait_for would start the job in a task of its own,
                 # one turn of the event loop later)
-                async with asyncio.timeout(timeout):
+                if timeout is None:
                     ok, value = await _call_async(worker, job, ctx)
+                else:
+                    async with asyncio.timeout(timeout):
+                        ok, value = await _call_async(worker, job, ctx)
             else:
                 fut = self.pool.submit(_call_sync, worker, job, ctx)
                 try:

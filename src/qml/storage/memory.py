@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import secrets
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -45,7 +45,7 @@ R = JobState.AWAITING_RETRY
 
 def new_token() -> str:
     """A random fencing token."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 class _Waiters:
@@ -252,6 +252,7 @@ class MemoryStorage(Storage):
     async def _finish(self, outcomes: Sequence[Outcome], now: datetime | None) -> list[bool]:
         results: list[bool] = []
         woke = False
+        expiry: dict[float, datetime] = {}  # by ttl: one sum for the batch
         with self._lock:
             at = self.now(now)
             for o in outcomes:
@@ -263,7 +264,11 @@ class MemoryStorage(Storage):
                 self._clear_lease(job)
                 if o.kind is OutcomeKind.SUCCEED or o.kind is OutcomeKind.FAIL:
                     job.finished_at = at
-                    job.expires_at = at + timedelta(seconds=o.ttl or 0.0)
+                    ttl = o.ttl or 0.0
+                    expires = expiry.get(ttl)
+                    if expires is None:
+                        expires = expiry[ttl] = at + timedelta(seconds=ttl)
+                    job.expires_at = expires
                     if o.kind is OutcomeKind.SUCCEED:
                         job.result = o.result
                         self._add_minute(at, 0)

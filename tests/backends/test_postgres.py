@@ -794,9 +794,11 @@ async def test_concurrent_claims_and_finishes_share_the_lanes(storage: PostgresS
     assert await storage.count(state=JobState.SUCCEEDED) == 40
 
 
-async def test_only_the_claim_commits_without_waiting_for_its_wal_flush(
-    storage: PostgresStorage,
+@pytest.mark.parametrize("durable", [True, False])
+async def test_claims_wait_for_their_wal_flush_unless_durable_claims_is_off(
+    pg: Schemas, durable: bool
 ) -> None:
+    storage = await pg.storage(pg.new(), durable_claims=durable)
     await storage.enqueue(Job("m"))
     (lease,) = await storage.claim(ClaimRequest("srv", ["default"], 1))
     await storage.finish([Outcome.succeed(lease, None, ttl=60)])
@@ -807,8 +809,20 @@ async def test_only_the_claim_commits_without_waiting_for_its_wal_flush(
     }
     default = await storage._run(lambda c: c.fetchval("SHOW synchronous_commit"), action="t")
     assert default == storage.synchronous_commit
-    # the outcome's commit flushes the WAL up to it, the claim's with it
-    assert setting == {"claim": "off", "enqueue": default, "finish": default}
+    # off: the outcome's commit flushes the WAL up to it, the claim's with it
+    claim = default if durable else "off"
+    assert setting == {"claim": claim, "enqueue": default, "finish": default}
+
+
+def test_durable_claims_is_a_config_and_url_option() -> None:
+    assert PostgresConfig().durable_claims is True
+    url = "postgresql://h/db?qml_durable_claims=0"
+    assert PostgresConfig.from_url(url).durable_claims is False
+    assert PostgresConfig().with_durable_claims(False).durable_claims is False
+    with pytest.raises(ConfigurationError, match="qml_durable_claims"):
+        PostgresConfig.from_url("postgresql://h/db?qml_durable_claims=maybe")
+    with pytest.raises(ConfigurationError, match="durable_claims"):
+        PostgresConfig(durable_claims="no")  # type: ignore[arg-type]
 
 
 async def test_closing_the_storage_closes_its_lanes(storage: PostgresStorage) -> None:

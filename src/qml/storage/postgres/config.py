@@ -28,6 +28,7 @@ URL_OPTIONS = (
     "qml_auto_migrate",
     "qml_vacuum_every",
     "qml_hand_off",
+    "qml_durable_claims",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -104,6 +105,13 @@ class PostgresConfig:
     #: (``NOTIFY`` at commit): the job starts without a wake-up and a claim of its
     #: own. ``False``: servers are woken and claim, as before.
     hand_off: bool = True
+    #: ``True``: a claim waits for its WAL flush like every other commit, so the
+    #: attempt it counts survives a crash of PostgreSQL. ``False``: the claim
+    #: connection commits with ``synchronous_commit = off`` (faster claims; the
+    #: flush of any later durable commit covers them); a crash of PostgreSQL just
+    #: after a claim may undo it, and the job runs again under the same attempt
+    #: number (docs/reliability.md).
+    durable_claims: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.database_url, str) or not self.database_url:
@@ -135,6 +143,8 @@ class PostgresConfig:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         if not isinstance(self.hand_off, bool):
             raise ConfigurationError("hand_off must be True or False")
+        if not isinstance(self.durable_claims, bool):
+            raise ConfigurationError("durable_claims must be True or False")
         check_identifier("schema_name", self.schema_name, MAX_SCHEMA_NAME_BYTES)
         check_identifier("table_name", self.table_name, MAX_TABLE_NAME_BYTES)
 
@@ -145,7 +155,7 @@ class PostgresConfig:
             f"min_connections={self.min_connections}, connect_timeout={self.connect_timeout}, "
             f"command_timeout={self.command_timeout}, schema_name={self.schema_name!r}, "
             f"table_name={self.table_name!r}, vacuum_every={self.vacuum_every}, "
-            f"hand_off={self.hand_off})"
+            f"hand_off={self.hand_off}, durable_claims={self.durable_claims})"
         )
 
     # ------------------------------------------------------------------ constructors
@@ -155,8 +165,8 @@ class PostgresConfig:
 
         Besides the driver's own options the query string may carry
         ``qml_schema``, ``qml_table``, ``qml_max_connections``,
-        ``qml_min_connections``, ``qml_auto_migrate``, ``qml_vacuum_every`` and
-        ``qml_hand_off``.
+        ``qml_min_connections``, ``qml_auto_migrate``, ``qml_vacuum_every``,
+        ``qml_hand_off`` and ``qml_durable_claims``.
         """
         parts = urlsplit(url)
         keep: list[tuple[str, str]] = []
@@ -185,6 +195,8 @@ class PostgresConfig:
             kwargs["vacuum_every"] = parse_int("qml_vacuum_every", opts["qml_vacuum_every"])
         if "qml_hand_off" in opts:
             kwargs["hand_off"] = parse_bool("qml_hand_off", opts["qml_hand_off"])
+        if "qml_durable_claims" in opts:
+            kwargs["durable_claims"] = parse_bool("qml_durable_claims", opts["qml_durable_claims"])
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod
@@ -236,3 +248,6 @@ class PostgresConfig:
 
     def with_hand_off(self, enabled: bool) -> Self:
         return dataclasses.replace(self, hand_off=enabled)
+
+    def with_durable_claims(self, enabled: bool) -> Self:
+        return dataclasses.replace(self, durable_claims=enabled)

@@ -267,13 +267,17 @@ class PostgresStorage(Storage):
 
     async def _connect_lane(self, name: str) -> asyncpg.Connection[Any]:
         """A connection of the :class:`Lane` for ``name``, set up as the pool's are;
-        the claim's commits do not wait for their WAL flush (see _LANE_SETTINGS)."""
+        with ``durable_claims`` off, the claim's commits do not wait for their WAL
+        flush (the flush of any later durable commit covers them)."""
         cfg = self.config
+        settings = _SERVER_SETTINGS
+        if name == "claim" and not cfg.durable_claims:
+            settings = {**_SERVER_SETTINGS, "synchronous_commit": "off"}
         conn = await asyncpg.connect(
             cfg.database_url,
             timeout=cfg.connect_timeout,
             command_timeout=cfg.command_timeout,
-            server_settings=_LANE_SETTINGS.get(name, _SERVER_SETTINGS),
+            server_settings=settings,
         )
         await self._init_connection(conn)
         return conn
@@ -998,11 +1002,5 @@ async def _keep_session(conn: Conn) -> None:
 #: Settings of every qml connection: UTC for readable timestamps in history
 #: JSON; JIT off, as it only adds latency to short queue statements.
 _SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
-#: The claim commits without waiting for its WAL flush (as on SQLite, claims ride
-#: on the next sync): the flush of any later durable commit (an outcome, an
-#: enqueue) covers it, so an acknowledged job's claim is never lost; a crash of
-#: PostgreSQL within a fraction of a second of a claim may undo it, and the job,
-#: Enqueued again, runs again (its first run's outcome is refused by the token).
-_LANE_SETTINGS = {"claim": {**_SERVER_SETTINGS, "synchronous_commit": "off"}}
 
 __all__ = ["PostgresStorage"]

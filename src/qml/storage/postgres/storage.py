@@ -87,6 +87,9 @@ _COMPACT_EVERY = 1.0  # seconds between count compactions by one storage instanc
 _PARK_GRACE = 0.5
 #: The schema version that added the parking table (migration 0005).
 _PARKED_SINCE = 5
+#: Settings of every qml connection: UTC for readable timestamps in history
+#: JSON; JIT off, as it only adds latency to short queue statements.
+_SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
 
 
 class PostgresStorage(Storage):
@@ -114,6 +117,14 @@ class PostgresStorage(Storage):
         self._migrator = Migrator(self.names)
         self._pool: asyncpg.Pool[Any] | None = None
         self._lanes: dict[str, Lane] = {}
+        #: Server settings of a lane's connection by its name (others: the pool's).
+        #: Without ``durable_claims`` the claim's commits do not wait for their WAL
+        #: flush (the flush of any later durable commit covers them).
+        self._lane_settings: dict[str, dict[str, str]] = (
+            {}
+            if self.config.durable_claims
+            else {"claim": {**_SERVER_SETTINGS, "synchronous_commit": "off"}}
+        )
         self._listener: Listener | None = None
         self._waiters = Waiters()
         self._own_pids: set[int] = set()
@@ -265,14 +276,12 @@ class PostgresStorage(Storage):
             server_settings=_SERVER_SETTINGS,
         )
 
-    async def _connect_lane(self, name: str) -> asyncpg.Connection[Any]:
-        """A connection of the :class:`Lane` for ``name``, set up as the pool's are;
-        with ``durable_claims`` off, the claim's commits do not wait for their WAL
-        flush (the flush of any later durable commit covers them)."""
+    async def _connect_lane(
+        self, settings: dict[str, str] = _SERVER_SETTINGS
+    ) -> asyncpg.Connection[Any]:
+        """A connection of a :class:`Lane`, set up as the pool's are (``settings``:
+        its server settings)."""
         cfg = self.config
-        settings = _SERVER_SETTINGS
-        if name == "claim" and not cfg.durable_claims:
-            settings = {**_SERVER_SETTINGS, "synchronous_commit": "off"}
         conn = await asyncpg.connect(
             cfg.database_url,
             timeout=cfg.connect_timeout,
@@ -392,7 +401,8 @@ class PostgresStorage(Storage):
         if lane is None:
             if self._companion or self._pool is None:
                 return await self._run(fn, action=name, resume=resume)
-            lane = self._lanes[name] = Lane(functools.partial(self._connect_lane, name))
+            settings = self._lane_settings.get(name, _SERVER_SETTINGS)
+            lane = self._lanes[name] = Lane(functools.partial(self._connect_lane, settings))
         if lane.busy:
             return await self._run(fn, action=name, resume=resume)
         lane.busy = True
@@ -435,7 +445,7 @@ class PostgresStorage(Storage):
         holder means a vacuum is under way). Best effort: failures are logged."""
         conn: asyncpg.Connection[Any] | None = None
         try:
-            conn = await self._connect_lane("vacuum")
+            conn = await self._connect_lane()
             key = self.names.lock_key("vacuum")
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 try:
@@ -998,9 +1008,5 @@ async def _keep_session(conn: Conn) -> None:
     session locks), so skip asyncpg's reset query, one round trip per release.
     asyncpg still rolls back a transaction left open."""
 
-
-#: Settings of every qml connection: UTC for readable timestamps in history
-#: JSON; JIT off, as it only adds latency to short queue statements.
-_SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
 
 __all__ = ["PostgresStorage"]

@@ -441,6 +441,7 @@ async def test_an_idle_waiter_is_woken_by_notify_from_another_process(
     pg: Schemas, storage: PostgresStorage
 ) -> None:
     other = await pg.storage(storage.names.schema)  # a second handle: its own connections
+    await storage.listen()
     assert storage.listener is not None and storage.listener.connected
     waiter = asyncio.create_task(storage.wait_for_work(60.0))
     await asyncio.sleep(0)
@@ -463,6 +464,7 @@ async def test_an_idle_waiter_is_woken_by_notify_from_another_process(
 
 async def test_due_jobs_and_resumed_queues_notify(pg: Schemas, storage: PostgresStorage) -> None:
     other = await pg.storage(storage.names.schema)
+    await storage.listen()
     assert storage.listener is not None
     await storage.pause_queue("q")
     waiter = asyncio.create_task(storage.wait_for_work(60.0))
@@ -479,6 +481,7 @@ async def test_due_jobs_and_resumed_queues_notify(pg: Schemas, storage: Postgres
 async def test_own_writes_wake_local_waiters_and_own_notifies_are_ignored(
     storage: PostgresStorage,
 ) -> None:
+    await storage.listen()
     assert storage.listener is not None
     waiter = asyncio.create_task(storage.wait_for_work(60.0))
     await asyncio.sleep(0)
@@ -489,6 +492,7 @@ async def test_own_writes_wake_local_waiters_and_own_notifies_are_ignored(
 
 
 async def test_the_listener_reconnects_by_itself(pg: Schemas, storage: PostgresStorage) -> None:
+    await storage.listen()
     listener = storage.listener
     assert listener is not None and listener.server_pid is not None
     conn = await pg.connect()
@@ -882,3 +886,29 @@ def test_vacuum_every_is_checked_and_read_from_the_url() -> None:
     assert PostgresConfig("postgresql://u@h/db").vacuum_every == 20_000
     with pytest.raises(ConfigurationError, match="vacuum_every"):
         PostgresConfig("postgresql://u@h/db", vacuum_every=-1)
+
+
+async def test_only_a_storage_that_waits_for_work_listens(
+    pg: Schemas, storage: PostgresStorage
+) -> None:
+    other = await pg.storage(storage.names.schema)
+    await other.enqueue(Job("m"))  # before anyone listens
+    await storage.enqueue(Job("m"))
+    assert not _listening(storage) and other.listener is None
+    # The first wait starts listening, then finds the jobs whose NOTIFY went out
+    # before the LISTEN: it returns at once, they do not wait for a poll.
+    assert await asyncio.wait_for(storage.wait_for_work(3600.0), 30) is True
+    assert _listening(storage)
+    assert len(await storage.claim(ClaimRequest("s", ["default"], 10))) == 2
+    assert await storage.wait_for_work(0.05) is False  # now it waits
+    waiter = asyncio.create_task(storage.wait_for_work(60.0))
+    await asyncio.sleep(0)
+    await other.enqueue(Job("m"))
+    assert await asyncio.wait_for(waiter, 30) is True
+    assert other.listener is None
+    assert await storage.listen() is False  # already listening
+
+
+def _listening(storage: PostgresStorage) -> bool:
+    listener = storage.listener
+    return listener is not None and listener.connected

@@ -77,8 +77,9 @@ async def _parked(storage: PostgresStorage, n: int = 1) -> None:
         await asyncio.sleep(0.002)
 
 
-def _deaf(storage: PostgresStorage) -> None:
+async def _deaf(storage: PostgresStorage) -> None:
     """Hand-off notifications no longer reach ``storage`` (as if lost)."""
+    await storage.listen()
     assert storage.listener is not None
     storage.listener._on_hand = lambda payload: None
 
@@ -180,7 +181,7 @@ async def test_other_signals_end_the_parking(open_storage: Open) -> None:
 
 async def test_a_lost_notification_is_made_up_for_by_the_token(open_storage: Open) -> None:
     waiter, producer = await open_storage(), await open_storage()
-    _deaf(waiter)
+    await _deaf(waiter)
     task = asyncio.create_task(waiter.wait_for_claim(_request(), 0.3, asyncio.Event()))
     await _parked(waiter)
     job_id = await producer.enqueue(Job("m", {"k": "v"}))
@@ -202,7 +203,7 @@ async def test_jobs_too_large_for_a_notification_are_read_by_token(open_storage:
 
 async def test_a_cancelled_waiter_gives_back_what_was_handed(open_storage: Open) -> None:
     waiter, producer = await open_storage(), await open_storage()
-    _deaf(waiter)  # the hand-off is made but not seen: the task is still waiting
+    await _deaf(waiter)  # the hand-off is made but not seen: the task is still waiting
     task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
     await _parked(waiter)
     job_id = await producer.enqueue(Job("m"))
@@ -364,7 +365,7 @@ async def test_a_waiter_cancelled_while_it_ends_its_parking_gives_back(
     open_storage: Open, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waiter, producer = await open_storage(), await open_storage()
-    _deaf(waiter)
+    await _deaf(waiter)
     reading, go_on = asyncio.Event(), asyncio.Event()
     real_fetch = waiter._fetch
 
@@ -438,6 +439,7 @@ async def test_without_its_listen_connection_a_waiter_polls_and_claims(
     open_storage: Open,
 ) -> None:
     storage = await open_storage()
+    assert await storage.listen() is True
     assert storage.listener is not None
     await storage.listener.stop()  # nothing could reach a parking: no parking
     job_id = await storage.enqueue(Job("m"))
@@ -447,3 +449,71 @@ async def test_without_its_listen_connection_a_waiter_polls_and_claims(
     interrupt = asyncio.Event()
     interrupt.set()
     assert await storage.wait_for_claim(_request(), 30.0, interrupt) == []
+
+
+async def _park_elsewhere(storage: PostgresStorage, token: str) -> None:
+    """A parking written as a server of another process would write it (no
+    waiter here: nothing of this process knows it parked)."""
+    await storage._run(
+        lambda c: c.execute(
+            f"INSERT INTO {_parked_table(storage)} (park_id, server_id, queues,"
+            " lease_seconds, tokens, channel, parked_at, parked_until)"
+            " VALUES ('elsewhere.1', 'far', '{default}', 60, ARRAY[$1, $1 || 'b'],"
+            " 'qml_nobody_listens', now(), now() + interval '1 hour')",
+            token,
+        ),
+        action="test",
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+async def test_an_enqueue_after_one_that_found_nobody_parked_inserts_and_looks(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    # the hint is trusted for a tenth of a second: here for as long as the test runs
+    monkeypatch.setattr("qml.storage.postgres.storage._UNPARKED_TTL", 3600.0)
+    producer = await open_storage()
+    first = await producer.enqueue_many([Job("m") for _ in range(batch)])  # nobody parked
+    await _park_elsewhere(producer, "tok-far")
+    # inserted without the hand-off (the parking stays), but the look saw the parking
+    second = await producer.enqueue_many([Job("m") for _ in range(batch)])
+    assert await _parkings(producer) == ["far"]
+    for job_id in first + second:
+        assert (await producer.get_job(job_id)).state is JobState.ENQUEUED
+    # so the next enqueue hands off again
+    third = await producer.enqueue_many([Job("m") for _ in range(batch)])
+    assert await _parkings(producer) == []
+    held = [await producer.get_job(job_id) for job_id in third]
+    assert [(j.state, j.server_id) for j in held] == [(JobState.PROCESSING, "far")] * batch
+    assert [j.lease_token for j in held] == ["tok-far", "tok-farb"][:batch]
+
+
+async def test_a_parking_in_this_process_makes_the_next_enqueue_hand_off(
+    open_storage: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("qml.storage.postgres.storage._UNPARKED_TTL", 3600.0)
+    waiter, producer = await open_storage(), await open_storage()
+    await producer.enqueue(Job("m"))  # nobody parked: the next enqueue would not look
+    assert len(await producer.claim(_request("elsewhere"))) == 1
+    task = asyncio.create_task(waiter.wait_for_claim(_request(), 30.0, asyncio.Event()))
+    await _parked(waiter)
+    job_id = await producer.enqueue(Job("m"))
+    assert [x.job_id for x in await task] == [job_id]  # handed, not a plain wake-up
+    await _check_held(waiter, await task, "srv")
+
+
+async def test_a_first_parking_claims_what_was_enqueued_before_it_listened(
+    open_storage: Open,
+) -> None:
+    waiter, producer = await open_storage(), await open_storage()
+    job_id = await producer.enqueue(Job("m"))  # no LISTEN yet: no one hears its NOTIFY
+    assert not _listening(waiter) and producer.listener is None
+    leases = await waiter.wait_for_claim(_request(), 30.0, asyncio.Event())
+    assert [x.job_id for x in leases] == [job_id]
+    assert _listening(waiter)
+    assert producer.listener is None  # it only enqueued
+
+
+def _listening(storage: PostgresStorage) -> bool:
+    listener = storage.listener
+    return listener is not None and listener.connected

@@ -36,6 +36,41 @@ SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at,
        CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
 FROM src, t
 
+-- name: enqueue_probe
+-- "enqueue" for jobs without dedup keys when the last look found no server parked
+-- for their queues (PostgresStorage._enqueue): the insert of "enqueue", and a row
+-- telling whether a server is parked now for a queue the jobs are ready in (not
+-- paused), so that the next enqueue hands off again. A hint, not a lock: a server
+-- that parks after this statement's snapshot is woken by the insert trigger's
+-- NOTIFY and claims the jobs itself, as without the hand-off.
+WITH t AS (
+    SELECT at,
+           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
+           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
+    FROM (SELECT statement_timestamp() AS at) AS clock
+), src AS (
+    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
+    FROM t, json_to_recordset($1::json)
+        AS s(id text, method text, args json, queue text, priority int, max_retries int,
+             run_at timestamptz, timeout float8, dedup_key text, meta json)
+), ins AS (
+    INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
+        timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
+    SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at, timeout,
+           dedup_key, meta, state::{{schema}}.{{table_state}}, t.at, t.at,
+           CASE WHEN state = 'enqueued' THEN t.at END,
+           CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
+    FROM src, t
+)
+SELECT EXISTS (
+    SELECT 1 FROM {{schema}}.{{table_parked}} k, t
+    WHERE k.parked_until > t.at
+      AND k.queues && ARRAY(
+          SELECT src.queue FROM src
+          WHERE src.state = 'enqueued' AND NOT EXISTS (
+              SELECT 1 FROM {{schema}}.{{table_paused_queues}} q WHERE q.queue = src.queue))
+) AS parked
+
 -- name: enqueue_hand_off
 -- "enqueue" that hands ready jobs to a parked server (see "park"): the
 -- longest-parked server whose queues take any of them gets up to its limit (its
@@ -271,6 +306,15 @@ DELETE FROM {{schema}}.{{table_parked}} WHERE park_id = $1 RETURNING 1
 SELECT {{job_columns}} FROM {{schema}}.{{table}} j
 WHERE j.lease_token = ANY ($1::text[]) AND j.state = 'processing'
 ORDER BY array_position($1::text[], j.lease_token)
+
+-- name: any_ready
+-- Whether an Enqueued job of a queue that is not paused exists: the first wait for
+-- work asks once its LISTEN is up, as a NOTIFY sent before it was not heard.
+SELECT EXISTS (
+    SELECT 1 FROM {{schema}}.{{table}} j
+    WHERE j.state = 'enqueued' AND NOT EXISTS (
+        SELECT 1 FROM {{schema}}.{{table_paused_queues}} q WHERE q.queue = j.queue)
+)
 
 -- name: prune_parked
 -- Parkings past their end (their server stopped without ending them).

@@ -483,6 +483,13 @@ class FunctionWorker(BaseWorker):
             p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY
         )
         self._required = tuple(p.name for p in params if p.default is p.empty)
+        # A call with only positional arguments binds by zip when it gives at least
+        # every required parameter (all of them positional) and no more than fit.
+        self._min_args: int | None = None
+        if all(name in self._positional for name in self._required):
+            self._min_args = max(
+                (self._positional.index(name) + 1 for name in self._required), default=0
+            )
         self._validate: Callable[[Any], Any] = self.model.model_validate
         self._serialize: Callable[..., Any] = pydantic.BaseModel.model_dump
         if self.model.__pydantic_complete__:  # call pydantic-core without the wrappers
@@ -500,6 +507,9 @@ class FunctionWorker(BaseWorker):
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name (as ``Signature.bind`` gives them)."""
         positional = self._positional
+        least = self._min_args
+        if not kwargs and least is not None and least <= len(args) <= len(positional):
+            return dict(zip(positional, args, strict=False))
         if len(args) <= len(positional):
             bound = dict(zip(positional, args, strict=False))
             keywords = self._keywords
@@ -653,7 +663,7 @@ class JobFunction(Generic[P, R]):
                 f"no storage to enqueue {self.method_name!r} into: pass WorkerRegistry(storage=...)"
                 " or .options(storage=...)"
             )
-        return await cast("Storage", storage).enqueue(job)
+        return await cast("Storage", storage)._enqueue_fresh(job)
 
 
 class JobDecorator(Protocol):

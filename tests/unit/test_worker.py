@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Required, TypedDict
@@ -334,6 +335,40 @@ def test_call_binding_matches_inspect(args: tuple[Any, ...], kwargs: dict[str, A
         assert bind.worker.encode_call(args, kwargs) == full
 
 
+async def _kw_required(a: int, b: int = 0, *, c: int) -> None:
+    return None
+
+
+async def _all_optional(a: int = 1, b: int = 2, c: int = 3) -> None:
+    return None
+
+
+async def _later_required(a: int, b: int, c: int = 3) -> None:
+    return None
+
+
+@pytest.mark.parametrize("fn", [_kw_required, _all_optional, _later_required])
+@pytest.mark.parametrize(
+    "args", [(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)], ids=["0", "1", "2", "3", "4"]
+)
+def test_positional_only_calls_bind_as_inspect_does(
+    fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    """Calls without keywords take a shortcut past Signature.bind; it gives the
+    same arguments, or the same error."""
+    worker = FunctionWorker(fn, "m")
+    try:
+        expected: dict[str, Any] | str = dict(inspect.signature(fn).bind(*args).arguments)
+    except TypeError as exc:
+        expected = str(exc)
+    if isinstance(expected, str):
+        with pytest.raises(ValidationError) as info:
+            worker.encode_call(args, {})
+        assert str(info.value) == f"invalid arguments for m: {expected}"
+    else:
+        assert worker._bind(args, {}) == expected
+
+
 async def test_function_job_with_non_json_argument_type_is_refused(
     storage: MemoryStorage,
 ) -> None:
@@ -558,3 +593,38 @@ def test_typing_typeddict_keeps_required_and_optional_keys() -> None:
         worker.job({"note": "no id"})  # type: ignore[typeddict-item]
     with pytest.raises(ValidationError, match="city"):
         worker.job({"id": 3, "ship_to": {}})  # type: ignore[typeddict-item]
+
+
+async def test_an_enqueued_call_is_stored_as_storage_enqueue_would_store_it(
+    storage: MemoryStorage,
+) -> None:
+    """``JobFunction.enqueue`` hands its freshly built job to storage without a
+    copy; what is stored is what ``Storage.enqueue`` of the same job stores."""
+    reg = WorkerRegistry(storage)
+
+    @reg.job("pair", queue="q")
+    async def pair(a: int, b: int = 2) -> None:
+        return None
+
+    via_function = await storage.get_job(await pair.options(priority=5).enqueue(1))
+    via_storage = await storage.get_job(await storage.enqueue(pair.options(priority=5).build(1)))
+    for job in (via_function, via_storage):
+        assert job.state is JobState.ENQUEUED
+        assert (job.method, job.queue, job.priority, job.args) == ("pair", "q", 5, {"a": 1, "b": 2})
+        assert job.created_at == job.updated_at == job.enqueued_at
+        assert [(h.state, h.reason) for h in job.history] == [(JobState.ENQUEUED, "enqueued")]
+        assert job.attempts == 0 and job.run_at is None
+    later = await storage.get_job(await pair.options(delay=3600).enqueue(1))
+    assert later.state is JobState.SCHEDULED and later.enqueued_at is None
+    assert [(h.state, h.reason) for h in later.history] == [(JobState.SCHEDULED, "scheduled")]
+    with pytest.raises(ConfigurationError, match="priority"):
+        await pair.options(priority=2**40).enqueue(1)
+    assert await storage.count() == 3
+
+
+def test_prepare_copies_a_job_unless_told_to_adopt_it(storage: MemoryStorage) -> None:
+    job = Job("m", {"x": 1})
+    copy, payload = storage.prepare(job)
+    assert copy is not job and job.history == [] and payload == b'{"x":1}'
+    adopted, _ = storage.prepare(job, adopt=True)
+    assert adopted is job and [h.state for h in job.history] == [JobState.ENQUEUED]

@@ -148,11 +148,16 @@ class Storage(ABC):
         return ensure_aware(now) if now is not None else self.clock.now()
 
     # ------------------------------------------------------------------ enqueue
-    def prepare(self, job: Job, now: datetime | None = None) -> tuple[Job, bytes]:
+    def prepare(
+        self, job: Job, now: datetime | None = None, *, adopt: bool = False
+    ) -> tuple[Job, bytes]:
         """Validate a new job and return a clean copy to store plus its encoded args.
 
         Whatever bookkeeping the caller set (state, attempts, lease) is reset:
-        a job always enters storage Enqueued or Scheduled.
+        a job always enters storage Enqueued or Scheduled. ``adopt`` stamps ``job``
+        itself instead of a copy: for a job nobody else holds, fresh from
+        :meth:`JobFunction.build <qml.worker.JobFunction.build>` (its bookkeeping is
+        still the defaults).
         """
         if not isinstance(job, Job):
             raise ConfigurationError(f"expected a Job, got {type(job).__name__}")
@@ -194,6 +199,13 @@ class Storage(ABC):
                 state, reason, enqueued_at = JobState.SCHEDULED, "scheduled", None
             else:
                 state, reason, enqueued_at = JobState.ENQUEUED, "enqueued", created
+        if adopt:
+            job.run_at = run_at
+            job.state = state
+            job.created_at = job.updated_at = created
+            job.enqueued_at = enqueued_at
+            job.history = [StateChange(state, created, reason)]
+            return job, payload
         clean = Job(
             job.method,
             job.args,
@@ -226,6 +238,12 @@ class Storage(ABC):
             )
         clean, payload = self.prepare(job, self.clock.now())
         return (await self._enqueue([clean], [payload], connection))[0]
+
+    async def _enqueue_fresh(self, job: Job) -> str:
+        """:meth:`enqueue` of a job nobody else holds (``JobFunction.enqueue``
+        builds it and hands it over): stored without a copy."""
+        clean, payload = self.prepare(job, self.clock.now(), adopt=True)
+        return (await self._enqueue([clean], [payload], None))[0]
 
     async def enqueue_many(self, jobs: Iterable[Job], *, connection: Any = None) -> list[str]:
         """Store many jobs in one round trip, all or none; return their ids."""

@@ -49,9 +49,12 @@ BENCH_SYSTEMS ?= qml_memory huey_memory qml_sqlite huey_sqlite qml_redis saq_red
   huey_redis rq_redis arq_redis dramatiq_redis celery_redis streaq_redis qml_postgres pgqueuer_pg \
   procrastinate_pg saq_postgres
 # Peer venvs and raw results stay in .bench/ (git-ignored); the table goes to
-# benchmarks/peers/RESULTS.md.
+# benchmarks/peers/RESULTS.md. qml is installed editable, so its modules are
+# byte-compiled first, as pip does for the peers' packages (with
+# PYTHONDONTWRITEBYTECODE set, each worker process would compile them again).
 bench-peers: $(VENV)/.installed
 	mkdir -p .bench/results
+	$(BIN)/python -m compileall -q src benchmarks/peers
 	BENCH_ADAPTERS_DIR=$(CURDIR)/benchmarks/peers BENCH_PYTHON_qml=$(CURDIR)/$(BIN)/python \
 	  BENCH_VENVS=$(CURDIR)/.bench/venvs BENCH_SCRATCH=$(CURDIR)/.bench/scratch \
 	  RESULTS_DIR=$(CURDIR)/.bench/results/run-$$(date +%Y%m%d-%H%M%S) \

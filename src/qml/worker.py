@@ -550,12 +550,12 @@ class FunctionWorker(BaseWorker):
                 f"arguments for {self.method_name} must be an object of keyword arguments"
             )
         try:
-            model = self.model.model_validate(data)
+            model = self._validate(data)
         except pydantic.ValidationError as exc:
             raise ValidationError(
                 f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
             ) from exc
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        return dict(model.__dict__)  # the fields, by name (extra ones are forbidden)
 
     def invoke(self, job: Job, ctx: WorkerContext) -> Any:
         kwargs = self.decode(job.args)

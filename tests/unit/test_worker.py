@@ -628,3 +628,20 @@ def test_prepare_copies_a_job_unless_told_to_adopt_it(storage: MemoryStorage) ->
     assert copy is not job and job.history == [] and payload == b'{"x":1}'
     adopted, _ = storage.prepare(job, adopt=True)
     assert adopted is job and [h.state for h in job.history] == [JobState.ENQUEUED]
+
+
+class _Point(pydantic.BaseModel):
+    x: int
+    y: int = 0
+
+
+def test_decoded_arguments_are_the_parameters_by_name_with_defaults() -> None:
+    async def place(point: _Point, label: str = "here", *, copies: int = 1) -> None:
+        return None
+
+    worker = FunctionWorker(place, "place")
+    decoded = worker.decode({"point": {"x": 1}, "copies": "2"})
+    assert decoded == {"point": _Point(x=1, y=0), "label": "here", "copies": 2}
+    assert type(decoded) is dict and isinstance(decoded["point"], _Point)
+    with pytest.raises(ValidationError, match="invalid arguments for place"):
+        worker.decode({"point": {"x": 1}, "extra": 1})

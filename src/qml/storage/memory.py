@@ -214,6 +214,8 @@ class MemoryStorage(Storage):
             now = self.now(request.now)
             expires = now + timedelta(seconds=request.lease_seconds)
             suspects = request.max_suspects
+            # the batch's fencing tokens from one read of the system's random source
+            randomness, drawn = os.urandom(16 * request.limit), 0
             for queue in request.queues:
                 if queue in self._paused:
                     continue
@@ -234,7 +236,8 @@ class MemoryStorage(Storage):
                             passed_over.append(entry)  # keeps its place
                             continue
                         suspects -= 1
-                    token = new_token()
+                    token = randomness[drawn : drawn + 16].hex()
+                    drawn += 16
                     job.attempts += 1
                     job.started_at = now
                     job.server_id = request.server_id

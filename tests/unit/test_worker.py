@@ -645,3 +645,22 @@ def test_decoded_arguments_are_the_parameters_by_name_with_defaults() -> None:
     assert type(decoded) is dict and isinstance(decoded["point"], _Point)
     with pytest.raises(ValidationError, match="invalid arguments for place"):
         worker.decode({"point": {"x": 1}, "extra": 1})
+
+
+async def test_a_storage_that_overrides_enqueue_sees_the_function_jobs() -> None:
+    seen: list[str] = []
+
+    class Audited(MemoryStorage):
+        async def enqueue(self, job: Job, *, connection: Any = None) -> str:
+            seen.append(job.method)
+            return await super().enqueue(job, connection=connection)
+
+    storage = Audited()
+    reg = WorkerRegistry(storage)
+
+    @reg.job("audited")
+    async def audited(n: int) -> None:
+        return None
+
+    job_id = await audited.enqueue(1)
+    assert seen == ["audited"] and (await storage.get_job(job_id)).args == {"n": 1}

@@ -35,7 +35,13 @@ from qml.storage.base import CAP_STORAGE_CLOCK, CAP_TRANSACTIONAL_ENQUEUE
 from qml.storage.factory import StorageInstance
 from qml.storage.postgres import PostgresConfig, PostgresStorage, quote_ident
 from qml.storage.postgres.migrate import Migrator
-from qml.storage.postgres.sql import Names, latest_version, migrations, named_queries
+from qml.storage.postgres.sql import (
+    Names,
+    _split_queries,
+    latest_version,
+    migrations,
+    named_queries,
+)
 from qml.storage.requests import ClaimRequest, ErrorInfo, Outcome
 
 pytestmark = pytest.mark.services
@@ -203,6 +209,23 @@ def test_every_named_query_is_used_and_every_placeholder_known() -> None:
         (PACKAGE / "install.sql").read_text(),
     ]:
         assert "{{" not in names.render(text)
+
+
+def test_queries_share_parts_written_into_them() -> None:
+    text = (
+        "-- part: rows\n-- a comment\nt AS (SELECT 1 AS x)\n\n"
+        "-- name: one\nWITH {{part_rows}} SELECT x FROM t\n\n"
+        "-- name: two\nWITH {{part_rows}}, u AS ({{query_one}}) SELECT * FROM u\n"
+    )
+    assert _split_queries(text) == {
+        "one": "WITH t AS (SELECT 1 AS x) SELECT x FROM t",
+        "two": "WITH t AS (SELECT 1 AS x), u AS (WITH t AS (SELECT 1 AS x) SELECT x FROM t)"
+        " SELECT * FROM u",
+    }
+    with pytest.raises(ValueError, match="parts no query uses"):
+        _split_queries("-- part: rows\nt AS (SELECT 1)\n-- name: one\nSELECT 1\n")
+    with pytest.raises(ValueError, match="part 'rows' is defined twice"):
+        _split_queries("-- part: rows\nx\n-- part: rows\ny\n-- name: one\n{{part_rows}}\n")
 
 
 def test_backend_declares_its_capabilities() -> None:

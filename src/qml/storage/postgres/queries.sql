@@ -1,20 +1,18 @@
--- Named queries of PostgresStorage. Each starts at a "-- name: <name>" line.
+-- Named queries of PostgresStorage. Each starts at a "-- name: <name>" line; a
+-- "-- part: <name>" line starts a piece of text that queries share, written into
+-- them where they say {{part_<name>}} (sql.py).
 -- Placeholders are replaced by quoted identifiers (sql.py); values are always
 -- bound parameters. Guards on rows found by id compare "state::text": that
 -- keeps the planner on the primary key whatever the (volatile) statistics of a
 -- queue table say, instead of scanning every row of a state through an index.
 -- Parameters named "now" fall back to the database clock: coalesce($n, now()).
 
--- name: enqueue
--- Insert jobs and their dedup keys in one statement: a used key or id raises a
--- unique violation and nothing is written. $1 is one JSON array with an object
--- per job (rows.enqueue_json): a single parameter costs the client far less to
--- encode than one array per column, and the arguments arrive as the exact JSON
--- text the client encoded (a JSON null argument comes out of json_to_recordset
--- as SQL NULL, hence the coalesce). Times come from the database clock (one
--- timestamp for the whole batch), and so does the choice between Enqueued and
--- Scheduled; the first history entry is therefore built once per statement.
-WITH t AS (
+-- part: enqueue_rows
+-- The common table expressions "t" (the statement's time, one timestamp for the
+-- whole batch, and the first history entries built once from it) and "src" (the
+-- jobs of $1, rows.enqueue_json, each Enqueued or Scheduled by that time) of the
+-- enqueue statements.
+t AS (
     SELECT at,
            {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
            {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
@@ -24,10 +22,11 @@ WITH t AS (
     FROM t, json_to_recordset($1::json)
         AS s(id text, method text, args json, queue text, priority int, max_retries int,
              run_at timestamptz, timeout float8, dedup_key text, meta json)
-), dedup AS (
-    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
-    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
 )
+
+-- part: enqueue_insert
+-- The jobs of "src" inserted into the job table (after "enqueue_rows"); a JSON null
+-- argument comes out of json_to_recordset as SQL NULL, hence the coalesce.
 INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
     timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
 SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at, timeout,
@@ -36,6 +35,20 @@ SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at,
        CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
 FROM src, t
 
+-- name: enqueue
+-- Insert jobs and their dedup keys in one statement: a used key or id raises a
+-- unique violation and nothing is written. $1 is one JSON array with an object
+-- per job (rows.enqueue_json): a single parameter costs the client far less to
+-- encode than one array per column, and the arguments arrive as the exact JSON
+-- text the client encoded. Times come from the database clock (one timestamp for
+-- the whole batch), and so does the choice between Enqueued and Scheduled; the
+-- first history entry is therefore built once per statement ("enqueue_rows").
+WITH {{part_enqueue_rows}}, dedup AS (
+    INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
+    SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
+)
+{{part_enqueue_insert}}
+
 -- name: enqueue_probe
 -- "enqueue" for jobs without dedup keys when the last look found no server parked
 -- for their queues (PostgresStorage._enqueue): the insert of "enqueue", and a row
@@ -43,24 +56,8 @@ FROM src, t
 -- paused), so that the next enqueue hands off again. A hint, not a lock: a server
 -- that parks after this statement's snapshot is woken by the insert trigger's
 -- NOTIFY and claims the jobs itself, as without the hand-off.
-WITH t AS (
-    SELECT at,
-           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
-           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
-    FROM (SELECT statement_timestamp() AS at) AS clock
-), src AS (
-    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
-    FROM t, json_to_recordset($1::json)
-        AS s(id text, method text, args json, queue text, priority int, max_retries int,
-             run_at timestamptz, timeout float8, dedup_key text, meta json)
-), ins AS (
-    INSERT INTO {{schema}}.{{table}} (id, method, args, queue, priority, max_retries, run_at,
-        timeout, dedup_key, meta, state, created_at, updated_at, enqueued_at, history)
-    SELECT id, method, coalesce(args, 'null'), queue, priority, max_retries, run_at, timeout,
-           dedup_key, meta, state::{{schema}}.{{table_state}}, t.at, t.at,
-           CASE WHEN state = 'enqueued' THEN t.at END,
-           CASE WHEN state = 'enqueued' THEN t.h_enqueued ELSE t.h_scheduled END
-    FROM src, t
+WITH {{part_enqueue_rows}}, ins AS (
+{{part_enqueue_insert}}
 )
 SELECT EXISTS (
     SELECT 1 FROM {{schema}}.{{table_parked}} k, t
@@ -152,17 +149,7 @@ FROM sent, p WHERE sent.jobs IS NOT NULL
 -- name: enqueue_hand_off_one
 -- "enqueue_hand_off" for one job, in fewer steps (no ranking, no aggregate). Not
 -- for a job with a dedup key either (neither writes dedup keys).
-WITH t AS (
-    SELECT at,
-           {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
-           {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
-    FROM (SELECT statement_timestamp() AS at) AS clock
-), src AS (
-    SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
-    FROM t, json_to_recordset($1::json)
-        AS s(id text, method text, args json, queue text, priority int, max_retries int,
-             run_at timestamptz, timeout float8, dedup_key text, meta json)
-), p AS (
+WITH {{part_enqueue_rows}}, p AS (
     SELECT k.park_id, k.server_id, k.lease_seconds, k.tokens, k.channel
     FROM {{schema}}.{{table_parked}} k, src, t
     WHERE src.state = 'enqueued' AND k.parked_until > t.at AND src.queue = ANY (k.queues)

@@ -12,9 +12,12 @@ SQL any other way):
 * ``{{job_columns}}``: the job columns read back, on alias ``j`` (the state as
   text, so asyncpg needs no type introspection on each new connection);
 * ``{{job_json}}``: the same columns as one JSON text (a hand-off's notification);
-* ``{{query_<name>}}``: in ``queries.sql`` only, the text of the named query.
+* ``{{query_<name>}}``: in ``queries.sql`` only, the text of the named query;
+* ``{{part_<name>}}``: in ``queries.sql`` only, the text of a shared part.
 
-``queries.sql`` holds named queries, each after a ``-- name: <name>`` line.
+``queries.sql`` holds named queries, each after a ``-- name: <name>`` line, and
+parts that several of them share (not statements by themselves), each after a
+``-- part: <name>`` line.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from importlib import resources
 from ...errors import ConfigurationError
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
-_NAME_LINE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+_NAME_LINE = re.compile(r"^-- (name|part): ([a-z_]+)\s*$", re.MULTILINE)
 _INCLUDE = re.compile(r"\{\{query_([a-z_]+)\}\}")
+_PART = re.compile(r"\{\{part_([a-z_]+)\}\}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -127,17 +131,29 @@ def read_sql(name: str) -> str:
 @cache
 def named_queries() -> dict[str, str]:
     """``queries.sql`` split into ``{name: sql}`` (placeholders not yet rendered)."""
-    text = read_sql("queries.sql")
+    return _split_queries(read_sql("queries.sql"))
+
+
+def _split_queries(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
+    parts: dict[str, str] = {}
     matches = list(_NAME_LINE.finditer(text))
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         body = text[m.end() : end].strip()
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
-        if m.group(1) in out:
-            raise ValueError(f"query {m.group(1)!r} is defined twice in queries.sql")
-        out[m.group(1)] = "\n".join(lines).strip().rstrip(";")
-    # {{query_<name>}}: the text of another query (a statement built around it)
+        kind, name = m.group(1), m.group(2)
+        into = out if kind == "name" else parts
+        if name in into:
+            raise ValueError(f"{kind} {name!r} is defined twice in queries.sql")
+        into[name] = "\n".join(lines).strip().rstrip(";")
+    unused = set(parts) - {p for sql in out.values() for p in _PART.findall(sql)}
+    if unused:
+        raise ValueError(f"queries.sql has parts no query uses: {sorted(unused)}")
+    # {{part_<name>}}: shared text; {{query_<name>}}: the text of another query
+    # (a statement built around it)
+    for name, sql in out.items():
+        out[name] = _PART.sub(lambda m: parts[m.group(1)], sql)
     for name, sql in out.items():
         out[name] = _INCLUDE.sub(lambda m: out[m.group(1)], sql)
     return out

@@ -92,7 +92,8 @@ async def _churn(backend: str, url: str, storage: Storage, tmp_path: Path, c: Ch
         runs = [e for e in execs if e.job_id == job_id]
         job = await storage.get_job(job_id)
         assert job.state is JobState.FAILED and job.error_type == "WorkerCrashed", job
-        assert all(e.pid in kills and e.end is None for e in runs), (job_id, runs)
+        cut = [(e.attempt, e.pid, e.pid in kills, e.end, e.status) for e in runs]
+        assert all(e.pid in kills and e.end is None for e in runs), (job_id, job.crashes, cut)
     return rep
 
 

@@ -42,7 +42,7 @@ from qml.serialization import CorruptPayload
 from qml.storage.redis import RedisConfig, RedisStorage
 from qml.storage.redis.codec import JOB_FIELDS
 from qml.storage.redis.keys import LAYOUT, RedisKeys, lua_prelude
-from qml.storage.redis.scripts import NAMES, SCRIPTS, executor
+from qml.storage.redis.scripts import LIBRARY_NAME, NAMES, READ_ONLY, SCRIPTS, executor
 from qml.storage.requests import (
     ClaimRequest,
     ErrorInfo,
@@ -400,28 +400,92 @@ async def test_every_key_of_a_prefix_is_in_one_slot(
 
 
 # ---------------------------------------------------------------------- scripts
-async def test_the_script_cache_stays_constant(
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(reply: Any) -> dict[str, Any]:
+    """A reply of alternating names and values (``FUNCTION LIST``) by name."""
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+async def test_the_scripts_run_as_one_function_library(
     open_storage: OpenStorage, redis_server: ServerMaker
 ) -> None:
     server = redis_server("--save", "", "--appendonly", "no")
     client = Redis.from_url(server.url)
 
-    async def cached() -> int:
-        return int((await client.info("memory"))["number_of_cached_scripts"])
+    async def libraries() -> dict[str, dict[str, list[str]]]:
+        """Each loaded library's functions and their flags."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for lib in await client.function_list(withcode=False):
+            info = _fields(lib)
+            out[_text(info["library_name"])] = {
+                _text(_fields(f)["name"]): sorted(_text(x) for x in _fields(f)["flags"])
+                for f in info["functions"]
+            }
+        return out
+
+    async def calls(command: str) -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
     try:
         storage = await open_storage(url=server.url)
         await workload(storage, "one")
-        assert await cached() == len(NAMES)
-        shas = [s.sha for s in SCRIPTS.values()]
-        assert all(await client.script_exists(*shas))
-        for round_ in range(3):  # other prefixes, other values, a flushed cache
+        assert await libraries() == {
+            LIBRARY_NAME: {
+                s.function: ["no-writes"] if name in READ_ONLY else []
+                for name, s in SCRIPTS.items()
+            }
+        }
+        assert await calls("fcall") > 0 and await calls("evalsha") == 0
+        assert int((await client.info("memory"))["number_of_cached_scripts"]) == 0
+        for round_ in range(3):  # other prefixes, other values, the functions flushed
             other = await open_storage(url=server.url)
+            await workload(other, f"r{round_}-{uuid4().hex[:6]}")
+            await client.function_flush()
+            assert storage._lane is not None  # the enqueue lane loads it again itself
+            await storage.enqueue(Job("m", {"round": round_}))
+            await client.function_flush()
+            await storage.pause_queue(f"paused-{round_}")  # and the pool
+            await workload(storage, f"again{round_}")
+        assert list(await libraries()) == [LIBRARY_NAME]
+        assert await calls("evalsha") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_without_functions_the_scripts_run_by_sha(
+    open_storage: OpenStorage, redis_server: ServerMaker
+) -> None:
+    # an ACL that refuses FUNCTION stands for a Redis without functions (before 7.0)
+    server = redis_server("--save", "", "--appendonly", "no")
+    client = Redis.from_url(server.url)
+    await client.acl_setuser(
+        "app", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-function"],
+    )  # fmt: skip
+    url = server.url.replace("redis://", "redis://app:secret@")
+
+    async def cached() -> int:
+        return int((await client.info("memory"))["number_of_cached_scripts"])
+
+    try:
+        storage = await open_storage(url=url)
+        await workload(storage, "one")
+        assert await cached() == len(NAMES)
+        assert all(await client.script_exists(*(s.sha for s in SCRIPTS.values())))
+        assert await client.function_list() == []
+        for round_ in range(3):  # other prefixes, other values, a flushed cache
+            other = await open_storage(url=url)
             await workload(other, f"r{round_}-{uuid4().hex[:6]}")
             await client.script_flush()
             await workload(storage, f"again{round_}")  # NOSCRIPT: reloaded by itself
         assert await cached() <= len(NAMES)
-        await workload(await open_storage(url=server.url), "last")
+        await workload(await open_storage(url=url), "last")
         assert await cached() == len(NAMES)
     finally:
         await client.aclose()

@@ -25,9 +25,9 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-from .scripts import SCRIPTS
+from .scripts import SCRIPTS, ScriptRunner, function_missing, load_library
 
 #: This process's id, kept current in a forked child (``os.getpid`` is a system
 #: call, and the lane checks it on every call).
@@ -38,9 +38,10 @@ os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 class Lane:
     """One dedicated connection of ``client``'s pool settings."""
 
-    def __init__(self, client: Redis, tag: str) -> None:
+    def __init__(self, client: Redis, tag: str, runner: ScriptRunner | None = None) -> None:
         self._pool = client.connection_pool
         self._head: tuple[Any, ...] = (1, tag.encode())
+        self._runner = runner
         self._conn: AbstractConnection | None = None
         self._pid = _PID[0]
         self.busy = False
@@ -54,20 +55,26 @@ class Lane:
         return conn
 
     async def script(self, name: str, *args: Any) -> Any:
-        """EVALSHA the script on the lane (it must not be busy); after a NOSCRIPT
-        load the script and retry once."""
-        script = SCRIPTS[name]
+        """Run the script on the lane (it must not be busy), as the storage's
+        :class:`ScriptRunner` runs it; after a NOSCRIPT or a missing function
+        load it again and retry once."""
+        assert self._runner is not None, "a lane for blocking pops runs no scripts"
+        command, target = self._runner.command(name)
         self.busy = True
         try:
             conn = self._connection()  # connects on first use
-            await _send(conn, "EVALSHA", script.sha, *self._head, *args)
+            await _send(conn, command, target, *self._head, *args)
             try:
                 return await conn.read_response()
             except NoScriptError:
-                await _send(conn, "SCRIPT", "LOAD", script.source)
+                await _send(conn, "SCRIPT", "LOAD", SCRIPTS[name].source)
                 await conn.read_response()
-                await _send(conn, "EVALSHA", script.sha, *self._head, *args)
-                return await conn.read_response()
+            except ResponseError as exc:
+                if command != "FCALL" or not function_missing(exc):
+                    raise
+                await load_library(lambda *cmd: _call(conn, *cmd))
+            await _send(conn, command, target, *self._head, *args)
+            return await conn.read_response()
         finally:
             self.busy = False
 
@@ -93,6 +100,11 @@ class Lane:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == _PID[0]:
             await conn.disconnect()
+
+
+async def _call(conn: AbstractConnection, *args: Any) -> Any:
+    await _send(conn, *args)
+    return await conn.read_response()
 
 
 async def _send(conn: AbstractConnection, *args: Any) -> None:

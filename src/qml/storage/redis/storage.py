@@ -241,10 +241,10 @@ class RedisStorage(RegistryHooks, Storage):
         busy, or a storage not yet open, uses the pool."""
         lane = self._lanes.get(name)
         if lane is None:
-            client = self._client
-            if client is None:
+            client, run = self._client, self._run
+            if client is None or run is None:
                 return await self._script(name, *args)
-            lane = self._lanes[name] = Lane(client, self.keys.tag)
+            lane = self._lanes[name] = Lane(client, self.keys.tag, run)
         if lane.busy:
             return await self._script(name, *args)
         with translate(name):

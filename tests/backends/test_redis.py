@@ -720,6 +720,37 @@ async def test_a_large_batch_is_all_or_none(open_storage: OpenStorage) -> None:
     assert await storage.count(state=JobState.ENQUEUED) == 5001
 
 
+async def test_numbers_are_stored_as_integer_text(open_storage: OpenStorage) -> None:
+    # scripts format each number once per call (memoized): scores and counters stay
+    # exact integer text, and a priority of 0 is never stored as "-0"
+    storage = await open_storage()
+    raw = Redis.from_url(storage.config.url)
+    try:
+        ids = await storage.enqueue_many([Job("m", priority=p) for p in (0, 3, -3, 0)])
+        # the scores as Redis itself prints them (a stored -0.0 would show as "-0")
+        ready = cast(
+            list[tuple[bytes, str]],
+            await raw.zrange(
+                storage.keys.ready + "default", 0, -1, withscores=True, score_cast_func=_text
+            ),
+        )
+        assert [_text(m)[16:] for m, _ in ready] == [ids[1], ids[0], ids[3], ids[2]]
+        assert [s for _, s in ready] == ["-3", "0", "0", "3"]
+        leases = await storage.claim(ClaimRequest("srv", ["default"], 4))
+        assert await storage.finish([Outcome.release(lease) for lease in leases]) == [True] * 4
+        for job_id in ids:
+            fields = await raw.hmget(storage.keys.job + job_id, "attempts", "crashes")
+            assert fields == [b"0", b"0"]
+            job = await storage.get_job(job_id)
+            assert [(h.state, h.attempt) for h in job.history] == [
+                (JobState.ENQUEUED, 0),
+                (JobState.PROCESSING, 1),
+                (JobState.ENQUEUED, 0),
+            ]
+    finally:
+        await raw.aclose()
+
+
 async def test_enqueues_share_the_lane_safely(open_storage: OpenStorage) -> None:
     storage = await open_storage()
     first = await storage.enqueue(Job("m"))

@@ -59,8 +59,9 @@ def _read(name: str) -> str:
 
 def _library_body() -> str:
     """The library's shared part: key names and ``_lib.lua`` as library-level
-    locals, set for each call by ``qml_enter`` (a call also starts with empty
-    write buffers: one that failed half-way must not leave its writes behind)."""
+    locals, set for each call by ``qml_enter`` (a call also starts with the empty
+    buffers and memos of ``reset`` in ``_lib.lua``: one that failed half-way must
+    not leave its writes behind)."""
     names = ", ".join(lua for _, lua, _ in LAYOUT)
     keys = "\n".join(f"  {lua} = tag .. '{suffix}'" for _, lua, suffix in LAYOUT)
     return (
@@ -73,7 +74,7 @@ def _library_body() -> str:
         "local function qml_enter(keys, args)\n"
         "  KEYS, ARGV = keys, args\n"
         "  qml_keys(keys[1])\n"
-        "  B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}\n"
+        "  reset()\n"
         "end\n"
     )
 

@@ -11,9 +11,18 @@ local ENQ, SCH, PRO = 'enqueued', 'scheduled', 'processing'
 local SUC, FAI, RET, DEL = 'succeeded', 'failed', 'awaiting_retry', 'deleted'
 local FINAL = {succeeded = true, failed = true, deleted = true}
 
--- a number as an integer string (Lua's own tostring keeps only 14 digits)
+-- a number as an integer string (Lua's own tostring keeps only 14 digits).
+-- Formatting a number is one of the costliest steps of a script, and a script
+-- formats the same few numbers (its time, small counts) for every job it
+-- touches: each is formatted once per call (reset() empties the memo).
+local N2S = {}
 local function n2s(x)
-  return string.format('%.0f', x)
+  local s = N2S[x]
+  if s == nil then
+    s = x == 0 and '0' or string.format('%.0f', x)  -- never '-0'
+    N2S[x] = s
+  end
+  return s
 end
 
 -- '' -> nil
@@ -50,7 +59,8 @@ local function push(store, key, a, b)
   if b ~= nil then t[#t + 1] = b end
 end
 
-local function zadd(key, score, member) push(B_ZADD, key, score, member) end
+-- (a score is an integer: it is sent as text, formatted once per call by n2s)
+local function zadd(key, score, member) push(B_ZADD, key, n2s(score), member) end
 local function zrem(key, member) push(B_ZREM, key, member) end
 
 -- add delta to the (queue, state) counter
@@ -77,6 +87,14 @@ local function flush()
     end
   end
   B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+end
+
+-- Per-call state back to empty: a function library keeps its locals between
+-- calls (a script run by SHA starts from scratch each time).
+local READY_AT = {}
+local function reset()
+  B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+  N2S, READY_AT = {}, {}
 end
 
 -- a history entry: [state, at, reason, server, attempt]; the history field
@@ -117,7 +135,12 @@ end
 
 -- the member of an Enqueued job in its ready zset (score: -priority)
 local function ready_member(at, id)
-  return string.format('%016.0f', at) .. id
+  local p = READY_AT[at]
+  if p == nil then
+    p = string.format('%016.0f', at)
+    READY_AT[at] = p
+  end
+  return p .. id
 end
 
 -- What every state change reads from a job hash, in this order.
@@ -194,7 +217,7 @@ local function insert(rec, now)
   if run_at and run_at > now then state, reason = SCH, 'scheduled' end
   local snow = n2s(now)
   local fields = {'id', id, 'queue', queue, 'priority', rec.priority, 'state', state,
-    'attempts', 0, 'crashes', 0, 'created_at', snow, 'updated_at', snow,
+    'attempts', '0', 'crashes', '0', 'created_at', snow, 'updated_at', snow,
     'history', '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'}
   for a = rec.first, rec.first + 2 * rec.n - 1 do fields[#fields + 1] = ARGV[a] end
   if rec.run_at then
@@ -266,7 +289,7 @@ local function claim_jobs(out, now, server, deadline, limit, tokens, suspects, s
           if take then
             got = got + 1
             local attempts = tonumber(st[2]) + 1
-            redis.call('HSET', jk, 'state', PRO, 'attempts', attempts, 'started_at', snow,
+            redis.call('HSET', jk, 'state', PRO, 'attempts', n2s(attempts), 'started_at', snow,
               'updated_at', snow, 'server_id', server,
               'lease_token', string.sub(tokens, got * 32 - 31, got * 32),
               'lease_expires_at', sdeadline,

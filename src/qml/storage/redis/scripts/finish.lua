@@ -52,7 +52,7 @@ for j = 1, total do
     else
       attempts = math.max(0, attempts - 1)
       fields[#fields + 1] = 'attempts'
-      fields[#fields + 1] = attempts
+      fields[#fields + 1] = n2s(attempts)
       if target == SCH then
         when = now + micros
         fields[#fields + 1] = 'run_at'

@@ -12,7 +12,8 @@ class QmlRedis(QmlBase):
     backend = "redis"
     url = redis_url(DB)
     notes = QmlBase.notes + (
-        "; Lua scripts by SHA; an idle worker is handed new jobs by the enqueue script;"
+        "; Lua scripts as one function library (FCALL); an idle worker is handed new jobs"
+        " by the enqueue script;"
         " worker on uvloop"
     )
     loop = "uvloop"  # measured: -7 % CPU per job, -10 % start latency (docs/benchmarks.md)

@@ -751,6 +751,58 @@ async def test_numbers_are_stored_as_integer_text(open_storage: OpenStorage) -> 
         await raw.aclose()
 
 
+async def test_a_lone_new_job_goes_straight_to_a_parked_server(
+    open_storage: OpenStorage, redis_server: ServerMaker
+) -> None:
+    server = redis_server("--save", "", "--appendonly", "no")
+    storage = await open_storage(url=server.url)
+    producer = await open_storage(url=server.url, prefix=storage.config.key_prefix)
+    raw = Redis.from_url(server.url)
+
+    async def calls(command: str) -> int:
+        stats = await raw.info("commandstats")
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    try:
+        interrupt = asyncio.Event()
+        waiter = asyncio.create_task(
+            storage.wait_for_claim(ClaimRequest("srv", ["default"], 10), 30.0, interrupt)
+        )
+        while not await raw.hlen(storage.keys.parked):
+            await asyncio.sleep(0.005)
+        pops = await calls("zpopmin")
+        job = Job("m", {"x": 1}, max_retries=3, timeout=5.0, meta={"k": "v"}, dedup_key="d1")
+        job_id = await producer.enqueue(job)
+        [lease] = await asyncio.wait_for(waiter, 10)
+        assert await calls("zpopmin") == pops  # claimed without passing the ready set
+        handed = lease.job
+        assert (handed.id, handed.state, handed.attempts, handed.server_id) == (
+            job_id,
+            JobState.PROCESSING,
+            1,
+            "srv",
+        )
+        assert [(h.state, h.attempt) for h in handed.history] == [
+            (JobState.ENQUEUED, 0), (JobState.PROCESSING, 1)]  # fmt: skip
+        # the values built in the script are those stored
+        assert handed.to_dict() == (await storage.get_job(job_id)).to_dict()
+        assert handed.lease_token == lease.token and handed.lease_expires_at == lease.expires_at
+        assert (await storage.count(JobState.PROCESSING), await storage.count()) == (1, 1)
+        assert await raw.zcard(storage.keys.ready + "default") == 0
+        assert await raw.zscore(storage.keys.state + "processing", job_id) == 0
+        assert await raw.zscore(storage.keys.state + "enqueued", job_id) is None
+        assert await raw.zscore(storage.keys.leases, job_id) is not None
+        assert await raw.zscore(storage.keys.all, job_id) == 0
+        assert await raw.hget(storage.keys.dedup, "d1") == job_id.encode()
+        assert not await raw.hlen(storage.keys.parked)  # the parking ended
+        with pytest.raises(DuplicateJobError):
+            await producer.enqueue(Job("m", dedup_key="d1"))
+        assert await storage.finish([Outcome.succeed(lease, {"ok": 1}, ttl=60)]) == [True]
+        assert (await storage.get_job(job_id)).state is JobState.SUCCEEDED
+    finally:
+        await raw.aclose()
+
+
 async def test_enqueues_share_the_lane_safely(open_storage: OpenStorage) -> None:
     storage = await open_storage()
     first = await storage.enqueue(Job("m"))

@@ -219,8 +219,10 @@ local function read_job(i)
 end
 
 -- Store a new job (call flush() afterwards): Scheduled if run_at is after
--- `now`, else Enqueued.
-local function insert(rec, now)
+-- `now`, else Enqueued; or, given `claim` ({server, token, deadline}), an
+-- Enqueued job goes straight on to Processing under that claim, as a claim
+-- would move it (see hand_new). Returns its fields (field, value, ...).
+local function insert(rec, now, claim)
   local id, queue = rec.id, rec.queue
   local state, reason = ENQ, 'enqueued'
   local run_at = rec.run_at and tonumber(rec.run_at)
@@ -243,7 +245,19 @@ local function insert(rec, now)
   if state == ENQ then
     fields[#fields + 1] = 'enqueued_at'
     fields[#fields + 1] = snow
-    zadd(K_READY .. queue, -tonumber(rec.priority), ready_member(now, id))
+    if claim then
+      state = PRO
+      fields[8], fields[10] = PRO, '1'
+      fields[18] = append(fields[18], entry(PRO, now, nil, claim.server, 1))
+      local n = #fields
+      fields[n + 1], fields[n + 2] = 'started_at', snow
+      fields[n + 3], fields[n + 4] = 'server_id', claim.server
+      fields[n + 5], fields[n + 6] = 'lease_token', claim.token
+      fields[n + 7], fields[n + 8] = 'lease_expires_at', n2s(claim.deadline)
+      zadd(K_LEASES, claim.deadline, id)
+    else
+      zadd(K_READY .. queue, -tonumber(rec.priority), ready_member(now, id))
+    end
   else
     zadd(K_DUE, run_at, id)
   end
@@ -251,6 +265,7 @@ local function insert(rec, now)
   zadd(K_ALL, 0, id)
   zadd(K_STATE .. state, 0, id)
   count(queue, state, 1)
+  return fields
 end
 
 -- The fields of a claimed job returned to the client, in the order of
@@ -364,6 +379,50 @@ local function hand_off(queue, now)
     end
   end
   return false
+end
+
+-- The hand-off of one new job, without the ready set: when `rec` (Enqueued, read
+-- by read_job) is for a queue a server is parked on, that queue has no ready job
+-- and is not paused, the job is stored straight as Processing under the parked
+-- request's claim (its first token, its lease) and that claim is pushed to the
+-- waiter, with the job's values built here rather than read back. The stored job,
+-- counters and indexes are those insert() and a claim by hand_off would leave.
+-- A new job has no crashes, so it is never a suspect. Returns 'handed' (call
+-- flush() afterwards); else the job is not stored: 'nobody' (no server is parked
+-- on the queue: insert() it, no hand-off to try) or 'usual' (insert() it and
+-- try hand_off, which claims in queue order).
+local function hand_new(rec, now)
+  local queue = rec.queue
+  local pk = K_PARK .. queue
+  for _ = 1, MAX_HAND_OFFS do
+    local first = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
+    if #first == 0 then return 'nobody' end
+    local id = first[1]
+    local raw = redis.call('HGET', K_PARKED, id)
+    if not raw or tonumber(first[2]) <= now then  -- its parking is over (or it died)
+      redis.call('ZREM', pk, id)
+      if raw then unpark(id, cjson.decode(raw)) end
+    else
+      if redis.call('ZCARD', K_READY .. queue) > 0
+        or redis.call('SISMEMBER', K_PAUSED, queue) == 1 then
+        return 'usual'  -- jobs before it, or none may be claimed
+      end
+      local r = cjson.decode(raw)
+      local deadline = now + r.lease
+      local fields = insert(rec, now,
+        {server = r.server, token = string.sub(r.tokens, 1, 32), deadline = deadline})
+      local h = {}
+      for k = 1, #fields, 2 do h[fields[k]] = fields[k + 1] end
+      local row = {}
+      for k = 1, #JOB_FIELDS do row[k] = h[JOB_FIELDS[k]] or false end
+      unpark(id, r)
+      local hk = K_HAND .. id
+      redis.call('RPUSH', hk, cjson.encode({n2s(now), n2s(deadline), row}))
+      redis.call('PEXPIRE', hk, HAND_TTL_MS)
+      return 'handed'
+    end
+  end
+  return 'usual'
 end
 
 -- ------------------------------------------------------------------ script

@@ -29,6 +29,17 @@ for j = 1, total do
   end
   recs[j] = rec
 end
+if total == 1 and not (recs[1].run_at and tonumber(recs[1].run_at) > now) then
+  local how = hand_new(recs[1], now)
+  if how == 'handed' then
+    flush()
+    return {1, 0}  -- taken by a parked waiter: nobody else is woken
+  elseif how == 'nobody' then
+    insert(recs[1], now)
+    flush()
+    return {1, wake()}
+  end
+end
 local ready = {}  -- queues that got Enqueued jobs
 local scheduled = false
 for j = 1, total do

@@ -351,32 +351,45 @@ local function unpark(id, request)
   for _, q in ipairs(request.queues) do redis.call('ZREM', K_PARK .. q, id) end
 end
 
-local function hand_off(queue, now)
+-- The longest-parked live waiter on `queue`: its park id and request, or nil.
+-- Parkings that are over (or whose waiter died) are dropped on the way, at most
+-- MAX_HAND_OFFS of them.
+local function next_parked(queue, now)
   local pk = K_PARK .. queue
   for _ = 1, MAX_HAND_OFFS do
     local first = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
-    if #first == 0 then return false end
+    if #first == 0 then return nil end
     local id = first[1]
     local raw = redis.call('HGET', K_PARKED, id)
-    if not raw or tonumber(first[2]) <= now then  -- its parking is over (or it died)
-      redis.call('ZREM', pk, id)
-      if raw then unpark(id, cjson.decode(raw)) end
-    else
-      local r = cjson.decode(raw)
-      local deadline = now + r.lease
-      local out = {n2s(now), n2s(deadline)}  -- as text: cjson keeps 14 digits
-      local suspects = r.suspects
-      if suspects < 0 then suspects = nil end
-      if claim_jobs(out, now, r.server, deadline, r.limit, r.tokens, suspects, r.crashes,
-                    r.queues) == 0 then
-        return false  -- nothing it may take (a paused queue, suspects): it stays parked
-      end
-      unpark(id, r)
-      local hk = K_HAND .. id
-      redis.call('RPUSH', hk, cjson.encode(out))
-      redis.call('PEXPIRE', hk, HAND_TTL_MS)
-      if redis.call('ZCARD', K_READY .. queue) == 0 then return true end
+    if raw and tonumber(first[2]) > now then return id, cjson.decode(raw) end
+    redis.call('ZREM', pk, id)
+    if raw then unpark(id, cjson.decode(raw)) end
+  end
+  return nil
+end
+
+-- End waiter `id`'s parking (its request `r`) and push it the claim `out`.
+local function hand_over(id, r, out)
+  unpark(id, r)
+  local hk = K_HAND .. id
+  redis.call('RPUSH', hk, cjson.encode(out))
+  redis.call('PEXPIRE', hk, HAND_TTL_MS)
+end
+
+local function hand_off(queue, now)
+  for _ = 1, MAX_HAND_OFFS do
+    local id, r = next_parked(queue, now)
+    if not id then return false end
+    local deadline = now + r.lease
+    local out = {n2s(now), n2s(deadline)}  -- as text: cjson keeps 14 digits
+    local suspects = r.suspects
+    if suspects < 0 then suspects = nil end
+    if claim_jobs(out, now, r.server, deadline, r.limit, r.tokens, suspects, r.crashes,
+                  r.queues) == 0 then
+      return false  -- nothing it may take (a paused queue, suspects): it stays parked
     end
+    hand_over(id, r, out)
+    if redis.call('ZCARD', K_READY .. queue) == 0 then return true end
   end
   return false
 end
@@ -388,41 +401,26 @@ end
 -- waiter, with the job's values built here rather than read back. The stored job,
 -- counters and indexes are those insert() and a claim by hand_off would leave.
 -- A new job has no crashes, so it is never a suspect. Returns 'handed' (call
--- flush() afterwards); else the job is not stored: 'nobody' (no server is parked
--- on the queue: insert() it, no hand-off to try) or 'usual' (insert() it and
--- try hand_off, which claims in queue order).
+-- flush() afterwards); else the job is not stored: 'nobody' (no live server is
+-- parked on the queue: insert() it, no hand-off to try) or 'usual' (insert() it
+-- and try hand_off, which claims in queue order).
 local function hand_new(rec, now)
   local queue = rec.queue
-  local pk = K_PARK .. queue
-  for _ = 1, MAX_HAND_OFFS do
-    local first = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
-    if #first == 0 then return 'nobody' end
-    local id = first[1]
-    local raw = redis.call('HGET', K_PARKED, id)
-    if not raw or tonumber(first[2]) <= now then  -- its parking is over (or it died)
-      redis.call('ZREM', pk, id)
-      if raw then unpark(id, cjson.decode(raw)) end
-    else
-      if redis.call('ZCARD', K_READY .. queue) > 0
-        or redis.call('SISMEMBER', K_PAUSED, queue) == 1 then
-        return 'usual'  -- jobs before it, or none may be claimed
-      end
-      local r = cjson.decode(raw)
-      local deadline = now + r.lease
-      local fields = insert(rec, now,
-        {server = r.server, token = string.sub(r.tokens, 1, 32), deadline = deadline})
-      local h = {}
-      for k = 1, #fields, 2 do h[fields[k]] = fields[k + 1] end
-      local row = {}
-      for k = 1, #JOB_FIELDS do row[k] = h[JOB_FIELDS[k]] or false end
-      unpark(id, r)
-      local hk = K_HAND .. id
-      redis.call('RPUSH', hk, cjson.encode({n2s(now), n2s(deadline), row}))
-      redis.call('PEXPIRE', hk, HAND_TTL_MS)
-      return 'handed'
-    end
+  local id, r = next_parked(queue, now)
+  if not id then return 'nobody' end
+  if redis.call('ZCARD', K_READY .. queue) > 0
+    or redis.call('SISMEMBER', K_PAUSED, queue) == 1 then
+    return 'usual'  -- jobs before it, or none may be claimed
   end
-  return 'usual'
+  local deadline = now + r.lease
+  local fields = insert(rec, now,
+    {server = r.server, token = string.sub(r.tokens, 1, 32), deadline = deadline})
+  local h = {}
+  for k = 1, #fields, 2 do h[fields[k]] = fields[k + 1] end
+  local row = {}
+  for k = 1, #JOB_FIELDS do row[k] = h[JOB_FIELDS[k]] or false end
+  hand_over(id, r, {n2s(now), n2s(deadline), row})
+  return 'handed'
 end
 
 -- ------------------------------------------------------------------ script

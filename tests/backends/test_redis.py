@@ -803,6 +803,35 @@ async def test_a_lone_new_job_goes_straight_to_a_parked_server(
         await raw.aclose()
 
 
+async def test_a_lone_new_job_does_not_pass_jobs_a_parked_server_takes_first(
+    open_storage: OpenStorage,
+) -> None:
+    storage = await open_storage()
+    producer = await open_storage(prefix=storage.config.key_prefix)
+    # a job becomes ready in the first of the server's queues without a hand-off
+    # (activated, not enqueued), then a lone job comes for its second queue
+    soon = storage.clock.now() + timedelta(seconds=60)
+    first = await producer.enqueue(Job("m", queue="high", run_at=soon))
+    interrupt = asyncio.Event()
+    waiter = asyncio.create_task(
+        storage.wait_for_claim(ClaimRequest("srv", ["high", "default"], 10), 30.0, interrupt)
+    )
+    raw = Redis.from_url(storage.config.url)
+    try:
+        while not await raw.hlen(storage.keys.parked):
+            await asyncio.sleep(0.005)
+    finally:
+        await raw.aclose()
+    assert await producer.activate_due(now=soon + timedelta(seconds=1)) == 1
+    second = await producer.enqueue(Job("m", queue="default"))
+    leases = await asyncio.wait_for(waiter, 10)
+    assert leases[0].job.id == first  # the queue order of a claim holds
+    if len(leases) == 1:  # woken by the activation first: the second waits its turn
+        assert (await storage.get_job(second)).state is JobState.ENQUEUED
+    else:
+        assert [lease.job.id for lease in leases] == [first, second]
+
+
 async def test_enqueues_share_the_lane_safely(open_storage: OpenStorage) -> None:
     storage = await open_storage()
     first = await storage.enqueue(Job("m"))

@@ -395,11 +395,13 @@ local function hand_off(queue, now)
 end
 
 -- The hand-off of one new job, without the ready set: when `rec` (Enqueued, read
--- by read_job) is for a queue a server is parked on, that queue has no ready job
--- and is not paused, the job is stored straight as Processing under the parked
--- request's claim (its first token, its lease) and that claim is pushed to the
--- waiter, with the job's values built here rather than read back. The stored job,
--- counters and indexes are those insert() and a claim by hand_off would leave.
+-- by read_job) is for a queue a server is parked on, neither that queue nor one
+-- the server takes first (an earlier one of its queues, not paused) has a ready
+-- job, and the queue is not paused, the job is stored straight as Processing
+-- under the parked request's claim (its first token, its lease) and that claim
+-- is pushed to the waiter, with the job's values built here rather than read
+-- back. The stored job, counters and indexes are those insert() and a claim by
+-- hand_off would leave.
 -- A new job has no crashes, so it is never a suspect. Returns 'handed' (call
 -- flush() afterwards); else the job is not stored: 'nobody' (no live server is
 -- parked on the queue: insert() it, no hand-off to try) or 'usual' (insert() it
@@ -408,9 +410,15 @@ local function hand_new(rec, now)
   local queue = rec.queue
   local id, r = next_parked(queue, now)
   if not id then return 'nobody' end
-  if redis.call('ZCARD', K_READY .. queue) > 0
-    or redis.call('SISMEMBER', K_PAUSED, queue) == 1 then
-    return 'usual'  -- jobs before it, or none may be claimed
+  for _, q in ipairs(r.queues) do  -- a claim takes its queues in order
+    if redis.call('ZCARD', K_READY .. q) > 0
+      and (q == queue or redis.call('SISMEMBER', K_PAUSED, q) == 0) then
+      return 'usual'  -- jobs it would claim first
+    end
+    if q == queue then break end
+  end
+  if redis.call('SISMEMBER', K_PAUSED, queue) == 1 then
+    return 'usual'  -- none may be claimed: it stays parked
   end
   local deadline = now + r.lease
   local fields = insert(rec, now,

@@ -41,6 +41,7 @@ from qml.job import Job, JobState
 from qml.serialization import CorruptPayload
 from qml.storage.redis import RedisConfig, RedisStorage
 from qml.storage.redis.codec import JOB_FIELDS
+from qml.storage.redis.errors import text
 from qml.storage.redis.keys import LAYOUT, RedisKeys, lua_prelude
 from qml.storage.redis.scripts import LIBRARY_NAME, NAMES, READ_ONLY, SCRIPTS, executor
 from qml.storage.requests import (
@@ -311,9 +312,9 @@ def test_every_script_file_is_used_and_opens_with_its_keys_and_argv() -> None:
     files = {p.stem for p in SCRIPT_DIR.glob("*.lua")}
     assert files == {*NAMES, "_lib"}
     for name in NAMES:
-        text = (SCRIPT_DIR / f"{name}.lua").read_text()
+        source = (SCRIPT_DIR / f"{name}.lua").read_text()
         header = []
-        for line in text.splitlines():
+        for line in source.splitlines():
             if not line.startswith("--"):
                 break
             header.append(line)
@@ -400,15 +401,17 @@ async def test_every_key_of_a_prefix_is_in_one_slot(
 
 
 # ---------------------------------------------------------------------- scripts
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _fields(reply: Any) -> dict[str, Any]:
     """A reply of alternating names and values (``FUNCTION LIST``) by name."""
     if isinstance(reply, dict):
-        return {_text(k): v for k, v in reply.items()}
-    return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+        return {text(k): v for k, v in reply.items()}
+    return {text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+async def _calls(client: Redis, command: str) -> int:
+    """How many times Redis ran ``command`` (``INFO commandstats``)."""
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_the_scripts_run_as_one_function_library(
@@ -422,15 +425,11 @@ async def test_the_scripts_run_as_one_function_library(
         out: dict[str, dict[str, list[str]]] = {}
         for lib in await client.function_list(withcode=False):
             info = _fields(lib)
-            out[_text(info["library_name"])] = {
-                _text(_fields(f)["name"]): sorted(_text(x) for x in _fields(f)["flags"])
+            out[text(info["library_name"])] = {
+                text(_fields(f)["name"]): sorted(text(x) for x in _fields(f)["flags"])
                 for f in info["functions"]
             }
         return out
-
-    async def calls(command: str) -> int:
-        stats = await client.info("commandstats")
-        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
     try:
         storage = await open_storage(url=server.url)
@@ -441,7 +440,7 @@ async def test_the_scripts_run_as_one_function_library(
                 for name, s in SCRIPTS.items()
             }
         }
-        assert await calls("fcall") > 0 and await calls("evalsha") == 0
+        assert await _calls(client, "fcall") > 0 and await _calls(client, "evalsha") == 0
         assert int((await client.info("memory"))["number_of_cached_scripts"]) == 0
         for round_ in range(3):  # other prefixes, other values, the functions flushed
             other = await open_storage(url=server.url)
@@ -453,7 +452,7 @@ async def test_the_scripts_run_as_one_function_library(
             await storage.pause_queue(f"paused-{round_}")  # and the pool
             await workload(storage, f"again{round_}")
         assert list(await libraries()) == [LIBRARY_NAME]
-        assert await calls("evalsha") == 0
+        assert await _calls(client, "evalsha") == 0
     finally:
         await client.aclose()
 
@@ -720,7 +719,7 @@ async def test_a_large_batch_is_all_or_none(open_storage: OpenStorage) -> None:
     assert await storage.count(state=JobState.ENQUEUED) == 5001
 
 
-async def test_numbers_are_stored_as_integer_text(open_storage: OpenStorage) -> None:
+async def test_numbers_are_stored_as_integertext(open_storage: OpenStorage) -> None:
     # scripts format each number once per call (memoized): scores and counters stay
     # exact integer text, and a priority of 0 is never stored as "-0"
     storage = await open_storage()
@@ -731,10 +730,10 @@ async def test_numbers_are_stored_as_integer_text(open_storage: OpenStorage) -> 
         ready = cast(
             list[tuple[bytes, str]],
             await raw.zrange(
-                storage.keys.ready + "default", 0, -1, withscores=True, score_cast_func=_text
+                storage.keys.ready + "default", 0, -1, withscores=True, score_cast_func=text
             ),
         )
-        assert [_text(m)[16:] for m, _ in ready] == [ids[1], ids[0], ids[3], ids[2]]
+        assert [text(m)[16:] for m, _ in ready] == [ids[1], ids[0], ids[3], ids[2]]
         assert [s for _, s in ready] == ["-3", "0", "0", "3"]
         leases = await storage.claim(ClaimRequest("srv", ["default"], 4))
         assert await storage.finish([Outcome.release(lease) for lease in leases]) == [True] * 4
@@ -759,10 +758,6 @@ async def test_a_lone_new_job_goes_straight_to_a_parked_server(
     producer = await open_storage(url=server.url, prefix=storage.config.key_prefix)
     raw = Redis.from_url(server.url)
 
-    async def calls(command: str) -> int:
-        stats = await raw.info("commandstats")
-        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
     try:
         interrupt = asyncio.Event()
         waiter = asyncio.create_task(
@@ -770,11 +765,11 @@ async def test_a_lone_new_job_goes_straight_to_a_parked_server(
         )
         while not await raw.hlen(storage.keys.parked):
             await asyncio.sleep(0.005)
-        pops = await calls("zpopmin")
+        pops = await _calls(raw, "zpopmin")
         job = Job("m", {"x": 1}, max_retries=3, timeout=5.0, meta={"k": "v"}, dedup_key="d1")
         job_id = await producer.enqueue(job)
         [lease] = await asyncio.wait_for(waiter, 10)
-        assert await calls("zpopmin") == pops  # claimed without passing the ready set
+        assert await _calls(raw, "zpopmin") == pops  # claimed without passing the ready set
         handed = lease.job
         assert (handed.id, handed.state, handed.attempts, handed.server_id) == (
             job_id,

@@ -17,19 +17,18 @@ local FINAL = {succeeded = true, failed = true, deleted = true}
 -- touches: each is formatted once per call (reset() empties the memo). '%d' is
 -- used where this Lua formats integers up to 2^53 exactly with it (a 64-bit long):
 -- several times cheaper than '%.0f', which glibc computes in multiple precision.
--- (Decided at the first call: a function library's top level may not use `string`.)
-local INT
-local function int_format()
-  if INT == nil then
-    INT = string.format('%d', 2 ^ 53) == '9007199254740992' and 'd' or '.0f'
-  end
-  return INT
+-- (Chosen at the first format: a function library's top level may not use `string`.)
+local N_FORMAT, READY_FORMAT  -- the integer, and a ready member's 16-digit time
+local function formats()
+  local int = string.format('%d', 2 ^ 53) == '9007199254740992'
+  N_FORMAT, READY_FORMAT = int and '%d' or '%.0f', int and '%016d' or '%016.0f'
 end
 local N2S = {}
 local function n2s(x)
   local s = N2S[x]
   if s == nil then
-    s = x == 0 and '0' or string.format('%' .. int_format(), x)  -- never '-0'
+    if N_FORMAT == nil then formats() end
+    s = x == 0 and '0' or string.format(N_FORMAT, x)  -- never '-0'
     N2S[x] = s
   end
   return s
@@ -147,7 +146,8 @@ end
 local function ready_member(at, id)
   local p = READY_AT[at]
   if p == nil then
-    p = string.format('%016' .. int_format(), at)
+    if READY_FORMAT == nil then formats() end
+    p = string.format(READY_FORMAT, at)
     READY_AT[at] = p
   end
   return p .. id
@@ -228,9 +228,17 @@ local function insert(rec, now, claim)
   local run_at = rec.run_at and tonumber(rec.run_at)
   if run_at and run_at > now then state, reason = SCH, 'scheduled' end
   local snow = n2s(now)
+  local history = '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'
+  local attempts = '0'
+  if claim and state == ENQ then  -- enqueued, then claimed at once
+    history = append(history, entry(PRO, now, nil, claim.server, 1))
+    state, attempts = PRO, '1'
+  else
+    claim = nil
+  end
   local fields = {'id', id, 'queue', queue, 'priority', rec.priority, 'state', state,
-    'attempts', '0', 'crashes', '0', 'created_at', snow, 'updated_at', snow,
-    'history', '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'}
+    'attempts', attempts, 'crashes', '0', 'created_at', snow, 'updated_at', snow,
+    'history', history}
   for a = rec.first, rec.first + 2 * rec.n - 1 do fields[#fields + 1] = ARGV[a] end
   if rec.run_at then
     fields[#fields + 1] = 'run_at'
@@ -242,13 +250,12 @@ local function insert(rec, now, claim)
     redis.call('HSET', K_DEDUP, rec.dedup, id)
     zadd(K_DEDUP_AT, now, rec.dedup)
   end
-  if state == ENQ then
+  if state == SCH then
+    zadd(K_DUE, run_at, id)
+  else
     fields[#fields + 1] = 'enqueued_at'
     fields[#fields + 1] = snow
     if claim then
-      state = PRO
-      fields[8], fields[10] = PRO, '1'
-      fields[18] = append(fields[18], entry(PRO, now, nil, claim.server, 1))
       local n = #fields
       fields[n + 1], fields[n + 2] = 'started_at', snow
       fields[n + 3], fields[n + 4] = 'server_id', claim.server
@@ -258,8 +265,6 @@ local function insert(rec, now, claim)
     else
       zadd(K_READY .. queue, -tonumber(rec.priority), ready_member(now, id))
     end
-  else
-    zadd(K_DUE, run_at, id)
   end
   redis.call('HSET', K_JOB .. id, unpack(fields))
   zadd(K_ALL, 0, id)

@@ -25,7 +25,10 @@ async def noop(payload: dict[str, Any]) -> None:
 
 class QmlBase(Adapter):  # type: ignore[misc]
     name = "qml"
-    batch_api = "storage.enqueue_many([noop.build(p) ...]) (one round trip)"
+    batch_api = (
+        "storage.enqueue_many(noop.build(p) for p in payloads): all or none; one round trip"
+        " (PostgreSQL: one transaction, 200 jobs a statement, built while the last is stored)"
+    )
     packages = ("qml-jobs", "orjson", "pydantic")
     worker_model = "1 `qml worker` process, 10 slots (asyncio tasks for async jobs)"
     notes = "async job via @registry.job; default lease 30 s, heartbeats and batch acks on"
@@ -45,7 +48,7 @@ class QmlBase(Adapter):  # type: ignore[misc]
         await noop.enqueue(payload)
 
     async def enqueue_batch(self, payloads: list[dict[str, Any]]) -> None:
-        await self.storage.enqueue_many([noop.build(p) for p in payloads])
+        await self.storage.enqueue_many(noop.build(p) for p in payloads)
 
     async def pending(self) -> int:
         from qml import JobState

@@ -156,7 +156,7 @@ async def _enqueue(
     one = one_by_one / (time.perf_counter() - t) if one_by_one else 0.0
     t = time.perf_counter()
     for start in range(one_by_one, n, batch):
-        await storage.enqueue_many([noop.build(i) for i in range(start, min(n, start + batch))])
+        await storage.enqueue_many(noop.build(i) for i in range(start, min(n, start + batch)))
     batch_n = n - one_by_one
     many = batch_n / (time.perf_counter() - t) if batch_n else 0.0
     return one, many

@@ -15,20 +15,22 @@ _last_ms = 0
 _seq = 0
 #: The id text of ``_last_ms`` ("xxxxxxxx-xxxx-"), formatted once per millisecond.
 _head = ""
-#: Random bytes from the OS, drawn 8 at a time (one ``getrandom`` per 512 ids).
-_RANDOM_CHUNK = 4096
-_random = b""
-_random_at = _RANDOM_CHUNK
-_VARIANT = 0b10 << 62
-_RAND_MASK = 0x3FFF_FFFF_FFFF_FFFF
-_from_bytes = int.from_bytes
+#: Random hex digits from the OS, drawn 8,192 at a time (one ``getrandom`` per 512
+#: ids); each id takes 16 of them.
+_RANDOM_BYTES = 4096
+_HEX_DIGITS = 2 * _RANDOM_BYTES
+_random = ""
+_random_at = _HEX_DIGITS
+#: The RFC 9562 variant (binary 10) and two random bits, as one hex digit, from
+#: a random hex digit.
+_VARIANT_DIGIT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _forget_random() -> None:
     """In a forked child: never reuse the parent's random bytes or counter."""
     global _random, _random_at, _last_ms, _lock
     _lock = threading.Lock()
-    _random, _random_at = b"", _RANDOM_CHUNK
+    _random, _random_at = "", _HEX_DIGITS
     _last_ms = 0
 
 
@@ -36,15 +38,19 @@ os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_id() -> str:
-    """Return a new UUIDv7 string, monotonic within this process."""
+    """Return a new UUIDv7 string, monotonic within this process.
+
+    48 bits of milliseconds, the version, 12 bits of a per-millisecond counter
+    (starting at a random value below 256), the variant and 62 random bits.
+    """
     global _last_ms, _seq, _head, _random, _random_at
     ms = time.time_ns() // 1_000_000
     with _lock:
-        if _random_at >= _RANDOM_CHUNK:
-            _random, _random_at = os.urandom(_RANDOM_CHUNK), 0
         at = _random_at
-        _random_at = at + 8
-        rand = _from_bytes(_random[at : at + 8], "big") & _RAND_MASK
+        if at >= _HEX_DIGITS:
+            _random, at = os.urandom(_RANDOM_BYTES).hex(), 0
+        _random_at = at + 16
+        rand = _random[at : at + 16]
         if ms <= _last_ms:
             _seq += 1
             if _seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
@@ -54,12 +60,11 @@ def new_id() -> str:
                 _head = f"{h[:8]}-{h[8:]}-"
         else:
             _last_ms = ms
-            _seq = rand >> 54  # random start (8 bits), room to count up
+            _seq = int(rand[14:16], 16)  # random start, room to count up
             h = f"{ms:012x}"
             _head = f"{h[:8]}-{h[8:]}-"
         seq, head = _seq, _head
-    t = f"{(0x7000 | seq) << 64 | _VARIANT | rand:020x}"
-    return f"{head}{t[:4]}-{t[4:8]}-{t[8:]}"
+    return f"{head}7{seq:03x}-{_VARIANT_DIGIT[rand[0]]}{rand[1:4]}-{rand[4:16]}"
 
 
 def id_time_ms(job_id: str) -> int:

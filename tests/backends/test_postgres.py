@@ -42,6 +42,7 @@ from qml.storage.postgres.sql import (
     migrations,
     named_queries,
 )
+from qml.storage.postgres.storage import STREAM_CHUNK
 from qml.storage.requests import ClaimRequest, ErrorInfo, Outcome
 
 pytestmark = pytest.mark.services
@@ -457,6 +458,98 @@ async def test_transactional_enqueue_commits_or_rolls_back_with_the_caller(
         await conn.close()
     with pytest.raises(ConfigurationError):
         await storage.enqueue(Job("m"), connection=object())
+
+
+# ---------------------------------------------------------------------- streamed enqueue
+def _qualified(storage: PostgresStorage, suffix: str) -> str:
+    return f"{quote_ident(storage.names.schema)}.{quote_ident(storage.names.table + suffix)}"
+
+
+async def test_a_long_batch_is_one_transaction_of_chunks_with_one_timestamp(
+    pg: Schemas, storage: PostgresStorage
+) -> None:
+    n = 2 * STREAM_CHUNK + 50
+    ids = await storage.enqueue_many(Job("m", {"i": i}) for i in range(n))
+    conn = await pg.connect()
+    try:
+        rows = await conn.fetch(
+            f"SELECT xmin::text AS tx, created_at, enqueued_at, history::text AS h "
+            f"FROM {storage.names.qualified_table} WHERE id = ANY($1::text[])",
+            ids,
+        )
+        # one statement per chunk: the insert trigger counts each statement's rows
+        deltas = await conn.fetch(f"SELECT n FROM {_qualified(storage, '_count_deltas')}")
+    finally:
+        await conn.close()
+    assert len(rows) == n
+    assert len({r["tx"] for r in rows}) == 1
+    assert len({(r["created_at"], r["enqueued_at"], r["h"]) for r in rows}) == 1
+    assert sorted(r["n"] for r in deltas) == [50, STREAM_CHUNK, STREAM_CHUNK]
+    assert await storage.count(JobState.ENQUEUED) == n
+
+
+async def test_a_long_batch_cancelled_anywhere_is_all_or_nothing(
+    storage: PostgresStorage,
+) -> None:
+    # Cancelled after a growing wait: before the transaction, during it with a
+    # statement in flight, or after the commit.
+    stored = 0
+    for wait in range(60):
+        task = asyncio.create_task(
+            storage.enqueue_many(Job("m", {"i": i}) for i in range(2 * STREAM_CHUNK + 10))
+        )
+        await asyncio.sleep(wait / 5000)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            stored += 2 * STREAM_CHUNK + 10
+        assert await storage.count() == stored
+    assert stored < 60 * (2 * STREAM_CHUNK + 10)  # some were cut
+    ids = await storage.enqueue_many(Job("m") for _ in range(STREAM_CHUNK + 1))
+    assert await storage.count() == stored + len(ids)
+
+
+async def test_a_long_batch_rolled_back_by_a_deadlock_is_sent_again_whole(
+    pg: Schemas, storage: PostgresStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another transaction holds the dedup key of the second chunk, then asks for
+    # the first chunk's: PostgreSQL rolls the batch back to break the cycle, and
+    # the batch is sent again, every chunk of it, once the other one is gone.
+    jobs = [Job("m", {"i": i}) for i in range(2 * STREAM_CHUNK + 10)]
+    jobs[3].dedup_key = "first"
+    jobs[STREAM_CHUNK + 5].dedup_key = "second"
+    dedup = _qualified(storage, "_dedup")
+    other = await pg.connect()
+    watch = await pg.connect()
+    try:
+        await other.execute("SET deadlock_timeout = '60s'")  # the batch finds the cycle
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(f"INSERT INTO {dedup} VALUES ('second', 'x', now())")
+        batch = asyncio.create_task(storage.enqueue_many(iter(jobs)))
+
+        async def batch_waits() -> bool:
+            return bool(
+                await watch.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND pid = ANY($1::int[])",
+                    list(storage._own_pids),
+                )
+            )
+
+        await until(batch_waits)
+        # completes the cycle; returns once the batch has been rolled back
+        await other.execute(f"INSERT INTO {dedup} VALUES ('first', 'x', now())")
+        await tx.rollback()
+        ids = await batch
+    finally:
+        await other.close()
+        await watch.close()
+    assert ids == [j.id for j in jobs]
+    assert await storage.count() == len(jobs)
+    assert (await storage.get_job(jobs[-1].id)).args == {"i": len(jobs) - 1}
+    assert "retrying enqueue" in caplog.text
 
 
 # ---------------------------------------------------------------------- wake-up

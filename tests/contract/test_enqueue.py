@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, cast
 
@@ -242,6 +242,64 @@ async def test_a_taken_id_deep_in_a_large_batch_writes_nothing(storage: Storage)
         await storage.enqueue_many(batch)
     assert await storage.count() == 1
     assert await storage.get(batch[0].id) is None and await storage.get(batch[1499].id) is None
+
+
+def _long_batch(n: int, bad_at: int | None = None) -> Iterator[Job]:
+    """``n`` jobs, built one by one as they are asked for (more than two chunks of
+    a PostgreSQL stream); at ``bad_at`` one that validation refuses."""
+    for i in range(n):
+        if i == bad_at:
+            yield Job("m", queue="")
+            continue
+        yield Job(
+            "m",
+            {"i": i},
+            queue=f"q{i % 2}",
+            dedup_key=f"key-{i}" if i % 100 == 7 else None,
+            run_at=utcnow() + timedelta(hours=1) if i == 333 else None,
+        )
+
+
+async def test_a_long_generator_of_jobs_is_stored_in_order(storage: Storage) -> None:
+    built: list[Job] = []
+
+    def jobs() -> Iterator[Job]:
+        for job in _long_batch(450):
+            built.append(job)
+            yield job
+
+    ids = await storage.enqueue_many(jobs())
+    assert len(built) == 450 and ids == [j.id for j in built]
+    assert await storage.count() == 450
+    assert await storage.count(JobState.SCHEDULED) == 1
+    assert await storage.count(queue="q1") == 225
+    for i in (0, 199, 200, 201, 333, 407, 449):
+        job = await storage.get_job(ids[i])
+        assert job.args == {"i": i} and job.queue == f"q{i % 2}"
+        assert job.state is (JobState.SCHEDULED if i == 333 else JobState.ENQUEUED)
+        assert job.dedup_key == (f"key-{i}" if i % 100 == 7 else None)
+    with pytest.raises(DuplicateJobError):
+        await storage.enqueue(Job("m", dedup_key="key-407"))
+
+
+@pytest.mark.parametrize("bad_at", [5, 250, 449])
+async def test_a_bad_job_late_in_a_long_batch_writes_nothing(storage: Storage, bad_at: int) -> None:
+    with pytest.raises(ConfigurationError):
+        await storage.enqueue_many(_long_batch(450, bad_at=bad_at))
+    assert await storage.count() == 0
+    assert (await storage.list_jobs()).items == []
+    # nothing consumed: the same keys (first chunk's included) are free, and the
+    # storage works on
+    ids = await storage.enqueue_many(_long_batch(450))
+    assert len(ids) == 450 and await storage.count() == 450
+
+
+async def test_a_used_dedup_key_late_in_a_long_batch_writes_nothing(storage: Storage) -> None:
+    await storage.enqueue(Job("m", dedup_key="key-407"))
+    with pytest.raises(DuplicateJobError):
+        await storage.enqueue_many(_long_batch(450))
+    assert await storage.count() == 1
+    await storage.enqueue(Job("m", dedup_key="key-7"))  # the first chunk's key is free
 
 
 async def test_enqueue_inside_a_transaction_needs_the_capability(storage: Storage) -> None:

@@ -248,7 +248,14 @@ class Storage(ABC):
         return (await self._enqueue([clean], [payload], None))[0]
 
     async def enqueue_many(self, jobs: Iterable[Job], *, connection: Any = None) -> list[str]:
-        """Store many jobs in one round trip, all or none; return their ids."""
+        """Store many jobs, all or none; return their ids.
+
+        One round trip on most backends. PostgreSQL stores a batch of more than
+        :data:`~qml.storage.postgres.storage.STREAM_CHUNK` jobs in one transaction,
+        a chunk per statement, and prepares the next chunk while the database
+        inserts the last one: a generator of jobs (``(f.build(x) for x in xs)``) is
+        then built while it is stored, too.
+        """
         if connection is not None and CAP_TRANSACTIONAL_ENQUEUE not in self.capabilities:
             raise ConfigurationError(
                 f"{self.backend_name} storage does not enqueue inside a caller's transaction"
@@ -256,10 +263,21 @@ class Storage(ABC):
         # One reading of the clock for the whole batch (on storage-clock backends it
         # only shapes the returned copies; the storage stamps its own time).
         now = self.clock.now()
+        if connection is None:
+            return await self._enqueue_batch(jobs, now)
         prepared = [self.prepare(j, now) for j in jobs]
         if not prepared:
             return []
         return await self._enqueue([p[0] for p in prepared], [p[1] for p in prepared], connection)
+
+    async def _enqueue_batch(self, jobs: Iterable[Job], now: datetime) -> list[str]:
+        """:meth:`enqueue_many` outside a caller's transaction: every job prepared,
+        then stored in one go. A backend that can store part of a batch while
+        the client prepares the next part overrides it."""
+        prepared = [self.prepare(j, now) for j in jobs]
+        if not prepared:
+            return []
+        return await self._enqueue([p[0] for p in prepared], [p[1] for p in prepared], None)
 
     # ------------------------------------------------------------------ claim & finish
     async def claim(self, request: ClaimRequest) -> list[Lease]:

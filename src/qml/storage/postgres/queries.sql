@@ -8,15 +8,15 @@
 -- Parameters named "now" fall back to the database clock: coalesce($n, now()).
 
 -- part: enqueue_rows
--- The common table expressions "t" (the statement's time, one timestamp for the
--- whole batch, and the first history entries built once from it) and "src" (the
--- jobs of $1, rows.enqueue_json, each Enqueued or Scheduled by that time) of the
--- enqueue statements.
+-- The common table expressions "t" (the transaction's time, one timestamp for the
+-- whole batch, also for a batch streamed in chunks, and the first history entries
+-- built once from it) and "src" (the jobs of $1, rows.enqueue_json, each Enqueued
+-- or Scheduled by that time) of the enqueue statements.
 t AS (
     SELECT at,
            {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
            {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
-    FROM (SELECT statement_timestamp() AS at) AS clock
+    FROM (SELECT now() AS at) AS clock
 ), src AS (
     SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
     FROM t, json_to_recordset($1::json)
@@ -40,9 +40,11 @@ FROM src, t
 -- unique violation and nothing is written. $1 is one JSON array with an object
 -- per job (rows.enqueue_json): a single parameter costs the client far less to
 -- encode than one array per column, and the arguments arrive as the exact JSON
--- text the client encoded. Times come from the database clock (one timestamp for
--- the whole batch), and so does the choice between Enqueued and Scheduled; the
--- first history entry is therefore built once per statement ("enqueue_rows").
+-- text the client encoded. Times come from the database clock (the transaction's
+-- timestamp: one for the whole batch, also when PostgresStorage._enqueue_batch
+-- sends a long batch as several of these statements in one transaction), and so
+-- does the choice between Enqueued and Scheduled; the first history entry is
+-- therefore built once per statement ("enqueue_rows").
 WITH {{part_enqueue_rows}}, dedup AS (
     INSERT INTO {{schema}}.{{table_dedup}} (key, job_id, created_at)
     SELECT dedup_key, id, t.at FROM src, t WHERE dedup_key IS NOT NULL
@@ -83,7 +85,7 @@ WITH t AS (
     SELECT at,
            {{schema}}.{{table_history_entry}}('enqueued', at, 'enqueued', NULL, 0) AS h_enqueued,
            {{schema}}.{{table_history_entry}}('scheduled', at, 'scheduled', NULL, 0) AS h_scheduled
-    FROM (SELECT statement_timestamp() AS at) AS clock
+    FROM (SELECT now() AS at) AS clock
 ), src AS (
     SELECT s.*, CASE WHEN s.run_at > t.at THEN 'scheduled' ELSE 'enqueued' END AS state
     FROM t, ROWS FROM (json_to_recordset($1::json)

@@ -20,11 +20,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -90,6 +91,10 @@ _PARKED_SINCE = 5
 #: Settings of every qml connection: UTC for readable timestamps in history
 #: JSON; JIT off, as it only adds latency to short queue statements.
 _SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
+#: Jobs per statement of a long ``enqueue_many`` (PostgresStorage._enqueue_batch):
+#: small enough that the client prepares a chunk in about the time the database
+#: inserts one, large enough that a statement's fixed cost stays small.
+STREAM_CHUNK = 200
 #: Seconds an enqueue trusts an earlier one that found no server parked for its
 #: queue (``PostgresStorage._nobody_parked``); queues remembered at most.
 _UNPARKED_TTL = 0.1
@@ -573,6 +578,68 @@ class PostgresStorage(Storage):
                     raise
                 raise err from exc
         return [j.id for j in jobs]
+
+    async def _enqueue_batch(self, jobs: Iterable[Job], now: datetime) -> list[str]:
+        """A batch longer than :data:`STREAM_CHUNK` is stored in one transaction, a
+        statement per chunk, each chunk prepared and encoded while the database
+        inserts the one before (the client's work and the database's overlap: two
+        processes). Shorter batches take :meth:`_enqueue`'s single statement."""
+        it = iter(jobs)
+        first = [self.prepare(j, now) for j in itertools.islice(it, STREAM_CHUNK)]
+        following = next(it, None)
+        if following is None:
+            if not first:
+                return []
+            return await self._enqueue([p[0] for p in first], [p[1] for p in first], None)
+        rest = itertools.chain((following,), it)
+        chunks: list[str] = [enqueue_json([p[0] for p in first], [p[1] for p in first])]
+        ids = [p[0].id for p in first]
+        done = False  # ``rest`` is used up: every chunk is in ``chunks``
+
+        def encode_next() -> bool:
+            """Prepare and encode the next chunk of ``rest``; False when none is left."""
+            nonlocal done
+            batch = [self.prepare(j, now) for j in itertools.islice(rest, STREAM_CHUNK)]
+            if not batch:
+                done = True
+                return False
+            chunks.append(enqueue_json([p[0] for p in batch], [p[1] for p in batch]))
+            ids.extend(p[0].id for p in batch)
+            return True
+
+        sql = self._q["enqueue"]
+
+        async def stream(conn: Conn) -> None:
+            # A retry (nothing was committed) sends the chunks encoded so far
+            # again, then goes on with the jobs not prepared yet.
+            pending: asyncio.Future[str] | None = None
+            sent = 0
+            try:
+                async with conn.transaction():
+                    try:
+                        while sent < len(chunks) or (not done and encode_next()):
+                            if pending is not None:
+                                await pending
+                            pending = asyncio.ensure_future(conn.execute(sql, chunks[sent]))
+                            sent += 1
+                            await asyncio.sleep(0)  # sends it; then encode the next chunk
+                            if sent == len(chunks) and not done:
+                                encode_next()
+                        if pending is not None:
+                            await pending
+                    finally:
+                        if pending is not None and not pending.done():
+                            # leaving early (a job failed to prepare, or cancelled): the
+                            # statement in flight ends before the transaction rolls back
+                            await asyncio.wait([pending])
+                            if not pending.cancelled():
+                                pending.exception()  # retrieved: the first error wins
+            except pg.UniqueViolationError as exc:
+                raise self._duplicate(exc) from exc
+
+        await self._hot("enqueue", stream)
+        self._wake()  # our own NOTIFYs are ignored: wake local waiters
+        return ids
 
     def _nobody_parked(self, queues: set[str]) -> bool:
         """Whether the last enqueue into each of ``queues`` found no server parked

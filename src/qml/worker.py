@@ -502,7 +502,7 @@ class FunctionWorker(BaseWorker):
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call's arguments, validate them and return their JSON form."""
-        return cast(dict[str, Any], self.encode_args(self._bind(args, kwargs)))
+        return self._encode_bound(self._bind(args, kwargs))
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name (as ``Signature.bind`` gives them)."""
@@ -527,6 +527,10 @@ class FunctionWorker(BaseWorker):
             raise ValidationError(
                 f"arguments for {self.method_name} must be an object of keyword arguments"
             )
+        return self._encode_bound(args)
+
+    def _encode_bound(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The JSON form of arguments by parameter name, validated."""
         for name in self._untyped:
             # pydantic's JSON mode would quietly turn a set into a list, bytes
             # into text...: an untyped argument must already be JSON.
@@ -538,7 +542,7 @@ class FunctionWorker(BaseWorker):
                         f"argument {name!r} of {self.method_name}: {exc}"
                     ) from exc
         try:
-            return self._serialize(self._validate(args), mode="json")
+            return cast(dict[str, Any], self._serialize(self._validate(args), mode="json"))
         except pydantic.ValidationError as exc:
             raise ValidationError(
                 f"invalid arguments for {self.method_name}: {_format_validation(exc)}"
@@ -650,9 +654,11 @@ class JobFunction(Generic[P, R]):
 
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """A validated :class:`Job` for this call (no I/O)."""
-        return self.worker.job_for_encoded(
-            self.worker.encode_call(args, kwargs), **self._job_options
-        )
+        worker = self.worker
+        if self._job_options:
+            return worker.job_for_encoded(worker.encode_call(args, kwargs), **self._job_options)
+        # no options: the function's queue, nothing else to work out
+        return Job(worker.method_name, worker.encode_call(args, kwargs), worker.queue)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate the call's arguments and enqueue it; return the job id."""
@@ -663,7 +669,8 @@ class JobFunction(Generic[P, R]):
                 f"no storage to enqueue {self.method_name!r} into: pass WorkerRegistry(storage=...)"
                 " or .options(storage=...)"
             )
-        return await cast("Storage", storage)._enqueue_fresh(job)
+        await cast("Storage", storage)._enqueue_fresh(job)
+        return job.id
 
 
 class JobDecorator(Protocol):

@@ -67,6 +67,8 @@ class _Waiters:
             self._items = [(lp, f) for lp, f in self._items if f is not fut]
 
     def wake_all(self) -> None:
+        if not self._items:  # nobody waits (as seen under the lock a moment later)
+            return
         with self._lock:
             items, self._items = self._items, []
         for loop, fut in items:
@@ -187,20 +189,26 @@ class MemoryStorage(Storage):
 
     # ------------------------------------------------------------------ hooks
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
-        with self._lock:
-            if len(jobs) == 1:  # the common case, without the batch's set arithmetic
-                key = jobs[0].dedup_key
+        if len(jobs) == 1:  # the common case, without the batch's set arithmetic
+            job = jobs[0]
+            key = job.dedup_key
+            with self._lock:
                 if key is not None and key in self._dedup:
                     raise DuplicateJobError("a job with this dedup_key already exists")
-                if jobs[0].id in self._jobs:
+                if job.id in self._jobs:
                     raise DuplicateJobError("a job with this id already exists")
-            else:
-                keys = [j.dedup_key for j in jobs if j.dedup_key is not None]
-                if len(set(keys)) != len(keys) or any(k in self._dedup for k in keys):
-                    raise DuplicateJobError("a job with this dedup_key already exists")
-                ids = [j.id for j in jobs]  # checked before any write: all or none
-                if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
-                    raise DuplicateJobError("a job with this id already exists")
+                if key is not None:
+                    self._dedup[key] = (job.id, job.created_at.timestamp())
+                self._insert(job, payloads[0])
+            self._waiters.wake_all()
+            return [job.id]
+        with self._lock:
+            keys = [j.dedup_key for j in jobs if j.dedup_key is not None]
+            if len(set(keys)) != len(keys) or any(k in self._dedup for k in keys):
+                raise DuplicateJobError("a job with this dedup_key already exists")
+            ids = [j.id for j in jobs]  # checked before any write: all or none
+            if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
+                raise DuplicateJobError("a job with this id already exists")
             for job, payload in zip(jobs, payloads, strict=True):
                 if job.dedup_key is not None:
                     self._dedup[job.dedup_key] = (job.id, job.created_at.timestamp())

@@ -35,6 +35,7 @@ from qml.storage.base import CAP_STORAGE_CLOCK, CAP_TRANSACTIONAL_ENQUEUE
 from qml.storage.factory import StorageInstance
 from qml.storage.postgres import PostgresConfig, PostgresStorage, quote_ident
 from qml.storage.postgres.migrate import Migrator
+from qml.storage.postgres.rows import finish_json
 from qml.storage.postgres.sql import (
     Names,
     _split_queries,
@@ -681,7 +682,7 @@ async def test_hot_queries_use_their_indexes(storage: PostgresStorage) -> None:
     held = leases[600:700]
     ids, tokens = [x.job_id for x in held], [x.token for x in held]
     writes: list[tuple[str, tuple[Any, ...]]] = [
-        ("finish", (ids, tokens, *[[None] * 100] * 8, None)),
+        ("finish", (finish_json([Outcome.succeed(x, ttl=60) for x in held]), None)),
         ("extend_leases", (ids, tokens, 30.0, None)),
         ("transition_many", (ids, "deleted", ["failed"], None, 60.0, False, None, None)),
     ]

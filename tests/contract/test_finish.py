@@ -289,3 +289,20 @@ async def test_a_new_claim_clears_an_old_cancel_request(storage: Storage) -> Non
     assert again.job.cancel_requested is False
     reply = await storage.extend_leases([(again.job_id, again.token)], 30)
     assert reply[0].cancel_requested is False
+
+
+async def test_error_text_that_storage_cannot_hold_is_stored_readably(storage: Storage) -> None:
+    # A NUL (PostgreSQL text cannot hold one) and a lone surrogate (not UTF-8),
+    # in an exception's type name, message and traceback: the outcome is recorded,
+    # each such character replaced, and the rest kept.
+    lease = await held_job(storage)
+    error = ErrorInfo("Bad\x00Type", "before\x00after \ud800 end", "tb\x00 \udfff line")
+    assert await storage.finish([Outcome.fail(lease, error, ttl=60)]) == [True]
+    job = await storage.get_job(lease.job_id)
+    assert job.state is JobState.FAILED
+    assert (job.error_type, job.error, job.traceback) == (
+        "Bad\ufffdType",
+        "before\ufffdafter \ufffd end",
+        "tb\ufffd \ufffd line",
+    )
+    assert ErrorInfo("T", "plain ünï ✓", None) == ErrorInfo("T", "plain ünï ✓")

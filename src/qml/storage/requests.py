@@ -57,11 +57,35 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """What went wrong in one attempt."""
+    """What went wrong in one attempt.
+
+    Text every storage can hold: a NUL character (PostgreSQL text cannot store
+    one) or a lone surrogate (not UTF-8) is replaced by U+FFFD.
+    """
 
     type: str
     message: str
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("type", "message", "traceback"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                clean = storable_text(value)
+                if clean is not value:
+                    object.__setattr__(self, name, clean)
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each NUL and lone surrogate replaced by U+FFFD (``text``
+    itself when it has none)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
 
 
 class OutcomeKind(StrEnum):

@@ -311,21 +311,22 @@ DELETE FROM {{schema}}.{{table_parked}}
 WHERE parked_until < coalesce($1::timestamptz, now()) - interval '1 minute'
 
 -- name: finish
--- Outcomes as arrays; each row applies only while the job is Processing under
--- that token. Returns the position (1-based) of each applied outcome, and
--- counts the outcomes of the minute in the same statement.
+-- Outcomes as one JSON array (rows.finish_json); each row applies only while the
+-- job is Processing under that token. Returns the position (1-based) of each
+-- applied outcome, and counts the outcomes of the minute in the same statement.
 WITH o AS (
     SELECT u.*, CASE u.kind
             WHEN 'succeed' THEN 'succeeded' WHEN 'fail' THEN 'failed'
             WHEN 'retry' THEN 'awaiting_retry'
             ELSE CASE WHEN u.delay > 0 THEN 'scheduled' ELSE 'enqueued' END
         END AS target
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::float8[], $9::float8[], $10::text[])
+    FROM ROWS FROM (json_to_recordset($1::json)
+        AS (id text, token text, kind text, result json, error_type text, error text,
+            traceback text, delay float8, ttl float8, reason text))
         WITH ORDINALITY AS u(id, token, kind, result, error_type, error, traceback, delay, ttl,
                              reason, ord)
 ), t AS (
-    SELECT coalesce($11::timestamptz, now()) AS at
+    SELECT coalesce($2::timestamptz, now()) AS at
 ), upd AS (
     UPDATE {{schema}}.{{table}} AS j SET
         state = o.target::{{schema}}.{{table_state}},
@@ -335,7 +336,7 @@ WITH o AS (
         cancel_requested = false,
         last_lease_token = j.lease_token,
         attempts = CASE WHEN o.kind = 'release' THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
-        result = CASE WHEN o.kind = 'succeed' THEN o.result::json ELSE j.result END,
+        result = CASE WHEN o.kind = 'succeed' THEN o.result ELSE j.result END,
         finished_at = CASE WHEN o.kind IN ('succeed', 'fail') THEN t.at ELSE j.finished_at END,
         expires_at = CASE WHEN o.kind IN ('succeed', 'fail')
             THEN t.at + coalesce(o.ttl, 0) * interval '1 second' ELSE j.expires_at END,

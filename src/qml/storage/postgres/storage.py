@@ -69,7 +69,7 @@ from .migrate import Migrator, SchemaStatus
 from .rows import (
     enqueue_json,
     enqueue_params,
-    finish_params,
+    finish_json,
     json_to_jobs,
     list_jobs_sql,
     recurring_params,
@@ -712,14 +712,17 @@ class PostgresStorage(Storage):
         for i, o in enumerate(outcomes):
             first.setdefault((o.job_id, o.token), i)
         unique = [outcomes[i] for i in sorted(first.values())]
-        params = finish_params(unique)
+        encoded = finish_json(unique)
         at = ensure_aware(now) if now is not None else None
         sql, check = self._q["finish"], self._q["finish_applied"]
 
         async def apply(conn: Conn, subset: list[int]) -> dict[int, str]:
             if not subset:
                 return {}
-            rows = await conn.fetch(sql, *[[col[i] for i in subset] for col in params], at)
+            if len(subset) == len(unique):
+                rows = await conn.fetch(sql, encoded, at)
+            else:
+                rows = await conn.fetch(sql, finish_json([unique[i] for i in subset]), at)
             return {subset[r["ord"] - 1]: r["target"] for r in rows}
 
         async def once(conn: Conn) -> dict[int, str]:
@@ -727,7 +730,7 @@ class PostgresStorage(Storage):
 
         async def after_loss(conn: Conn) -> dict[int, str]:
             # The lost statement may have committed: keep what landed, redo the rest.
-            rows = await conn.fetch(check, params[0], params[1])
+            rows = await conn.fetch(check, [o.job_id for o in unique], [o.token for o in unique])
             landed = {r["ord"] - 1 for r in rows}
             done = {i: unique[i].target_state.value for i in landed}
             done.update(await apply(conn, [i for i in range(len(unique)) if i not in landed]))

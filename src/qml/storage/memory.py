@@ -140,8 +140,15 @@ class MemoryStorage(Storage):
         server_id: str | None = None,
         keep_place: bool = False,
     ) -> None:
-        self._count(job.queue, job.state, -1)
-        self._count(job.queue, state, +1)
+        tally, queue = self._tally, job.queue
+        key = (queue, job.state)
+        n = tally.get(key, 0) - 1
+        if n:
+            tally[key] = n
+        else:
+            del tally[key]
+        key = (queue, state)
+        tally[key] = tally.get(key, 0) + 1
         job.state = state
         job.updated_at = now
         job.history.append(StateChange(state, now, reason, server_id, job.attempts))
@@ -186,9 +193,9 @@ class MemoryStorage(Storage):
             assert job.run_at is not None
             heapq.heappush(self._due, (job.run_at.timestamp(), job.id))
 
-    def _add_minute(self, now: datetime, kind: int) -> None:
+    def _add_minute(self, now: datetime, kind: int, n: int = 1) -> None:
         m = int(now.timestamp()) // 60
-        self._minutes.setdefault(m, [0, 0])[kind] += 1
+        self._minutes.setdefault(m, [0, 0])[kind] += n
 
     # ------------------------------------------------------------------ hooks
     async def _enqueue(self, jobs: list[Job], payloads: list[bytes], connection: Any) -> list[str]:
@@ -267,6 +274,7 @@ class MemoryStorage(Storage):
         results: list[bool] = []
         woke = False
         expiry: dict[float, datetime] = {}  # by ttl: one sum for the batch
+        done = [0, 0]  # succeeded, failed: counted in the minute once per batch
         with self._lock:
             at = self.now(now)
             for o in outcomes:
@@ -285,9 +293,9 @@ class MemoryStorage(Storage):
                     job.expires_at = expires
                     if o.kind is OutcomeKind.SUCCEED:
                         job.result = o.result
-                        self._add_minute(at, 0)
+                        done[0] += 1
                     else:
-                        self._add_minute(at, 1)
+                        done[1] += 1
                 if o.error is not None:
                     job.error_type, job.error, job.traceback = (
                         o.error.type,
@@ -301,6 +309,9 @@ class MemoryStorage(Storage):
                     woke = woke or o.delay <= 0
                 self._set_state(job, o.target_state, at, o.reason, server)
                 results.append(True)
+            for kind, n in enumerate(done):
+                if n:
+                    self._add_minute(at, kind, n)
         if woke:
             self._waiters.wake_all()
         return results

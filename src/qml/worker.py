@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import threading
 import typing
 from abc import ABC, abstractmethod
@@ -92,51 +93,66 @@ class WorkerResult:
         return cls("failure", reason=reason)
 
 
+#: The lock of every CancelEvent (held for a few instructions, when one is set or
+#: waited on); a new one in a forked child.
+_CANCEL_LOCK = threading.Lock()
+
+
+def _new_cancel_lock() -> None:
+    global _CANCEL_LOCK
+    _CANCEL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_cancel_lock)
+
+
 class CancelEvent:
     """Set when the job should stop: cancelled by a user, lease lost, or
     the server shutting down. Usable from async code and from threads.
 
-    Cheap to create (one per job): the threading.Event behind ``wait_sync``
-    is made only when a thread first waits."""
+    Cheap to create (one per job): the list of async waiters and the
+    threading.Event behind ``wait_sync`` are made only when someone first waits,
+    and all events share one lock (setting and waiting are rare)."""
 
-    __slots__ = ("_event", "_lock", "_set", "_waiters", "reason")
+    __slots__ = ("_event", "_set", "_waiters", "reason")
 
     def __init__(self) -> None:
         self._set = False
         self._event: threading.Event | None = None
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
         self.reason: str | None = None
 
     def is_set(self) -> bool:
         return self._set
 
     def set(self, reason: str = "cancelled") -> None:
-        with self._lock:
+        with _CANCEL_LOCK:
             if self._set:
                 return
             self.reason = reason
             self._set = True
             event = self._event
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, None
         if event is not None:
             event.set()
-        for loop, fut in waiters:
+        for loop, fut in waiters or ():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, fut)
 
     async def wait(self) -> None:
         """Wait (async) until set."""
-        with self._lock:
+        with _CANCEL_LOCK:
             if self._set:
                 return
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
             self._waiters.append((asyncio.get_running_loop(), fut))
         await fut
 
     def wait_sync(self, timeout: float | None = None) -> bool:
         """Wait (blocking, for sync jobs in threads); True if set."""
-        with self._lock:
+        with _CANCEL_LOCK:
             if self._set:
                 return True
             if self._event is None:

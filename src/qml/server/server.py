@@ -501,13 +501,16 @@ class BackgroundJobServer:
 
     # ------------------------------------------------------------------ running
     def _start_slot(self, lease: Lease, claimed: float) -> None:
-        ctx = WorkerContext(lease.job, server_id=self.name)
+        job = lease.job
+        ctx = WorkerContext(job, server_id=self.name)
         slot = Slot(lease, ctx, claimed + self.config.lease_seconds)
-        self._held[slot.job_id] = slot
+        self._held[job.id] = slot
         self._running.add(slot)
-        if lease.job.crashes >= self._suspect_crashes:
+        if job.crashes >= self._suspect_crashes:
             self._suspects += 1
-        slot.task = asyncio.create_task(self._run_slot(slot), name=f"qml-job-{slot.job_id}")
+        slot.task = asyncio.get_running_loop().create_task(
+            self._run_slot(slot), name=f"qml-job-{job.id}"
+        )
 
     async def _run_slot(self, slot: Slot) -> None:
         outcome: Outcome | None

@@ -234,6 +234,7 @@ class MemoryStorage(Storage):
             suspects = request.max_suspects
             # the batch's fencing tokens from one read of the system's random source
             randomness, drawn = os.urandom(16 * request.limit), 0
+            tally = self._tally
             for queue in request.queues:
                 if queue in self._paused:
                     continue
@@ -262,7 +263,17 @@ class MemoryStorage(Storage):
                     job.lease_token = token
                     job.lease_expires_at = expires
                     job.cancel_requested = False
-                    self._set_state(job, P, now, None, request.server_id)
+                    # _set_state(job, P, ...) for a job known Enqueued in ``queue``
+                    key = (queue, E)
+                    n = tally.get(key, 0) - 1
+                    if n:
+                        tally[key] = n
+                    else:
+                        del tally[key]
+                    tally[queue, P] = tally.get((queue, P), 0) + 1
+                    job.state = P
+                    job.updated_at = now
+                    job.history.append(StateChange(P, now, None, request.server_id, job.attempts))
                     out.append(Lease(self._read(job), token, expires))
                 for entry in passed_over:
                     heapq.heappush(self._ready[queue], entry)

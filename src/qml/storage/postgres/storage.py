@@ -2,8 +2,10 @@
 
 Each hot-path operation is one statement, one round trip, for a whole batch:
 claims are ``FOR UPDATE SKIP LOCKED`` with the lease token and deadline taken
-from the database; outcomes, lease renewals, recoveries and transitions are
-``UPDATE … FROM unnest(…)`` guarded row by row (token and state). Counts per
+from the database; outcomes (one JSON parameter), lease renewals, recoveries and
+transitions are ``UPDATE … FROM`` the batch, guarded row by row (token and
+state). A long ``enqueue_many`` is the exception: one transaction of statements
+of 200 jobs, each chunk prepared while the one before is inserted. Counts per
 queue and state and the NOTIFY wake-up are kept by triggers, outcomes per
 minute by the statements that finish jobs, each in the same transaction as
 the change. The SQL lives in ``queries.sql`` and ``install.sql`` beside this

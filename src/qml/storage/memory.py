@@ -99,9 +99,6 @@ class MemoryStorage(Storage):
 
     backend_name = "memory"
     capabilities = frozenset[str]()
-    # Both run under one lock in one call: a server carries its ready outcomes on
-    # its next claim instead of a call of their own.
-    combines_finish_and_claim = True
 
     def __init__(self, *, clock: Clock | None = None, **kwargs: Any) -> None:
         super().__init__(clock=clock, **kwargs)

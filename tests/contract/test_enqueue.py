@@ -294,6 +294,15 @@ async def test_a_bad_job_late_in_a_long_batch_writes_nothing(storage: Storage, b
     assert len(ids) == 450 and await storage.count() == 450
 
 
+@pytest.mark.parametrize("at", [0, 199, 200, 201])
+async def test_a_none_among_the_jobs_is_refused_wherever_it_is(storage: Storage, at: int) -> None:
+    jobs: list[Job | None] = [Job("m", {"i": i}) for i in range(450)]
+    jobs.insert(at, None)  # not the end of the batch: a bad job
+    with pytest.raises(ConfigurationError):
+        await storage.enqueue_many(cast(list[Job], jobs))
+    assert await storage.count() == 0
+
+
 async def test_a_used_dedup_key_late_in_a_long_batch_writes_nothing(storage: Storage) -> None:
     await storage.enqueue(Job("m", dedup_key="key-407"))
     with pytest.raises(DuplicateJobError):

@@ -264,22 +264,18 @@ class Storage(ABC):
             )
         # One reading of the clock for the whole batch (on storage-clock backends it
         # only shapes the returned copies; the storage stamps its own time).
-        now = self.clock.now()
-        if connection is None:
-            return await self._enqueue_batch(jobs, now)
+        return await self._enqueue_batch(jobs, self.clock.now(), connection)
+
+    async def _enqueue_batch(
+        self, jobs: Iterable[Job], now: datetime, connection: Any = None
+    ) -> list[str]:
+        """:meth:`enqueue_many` after its checks: every job prepared, then stored in
+        one go. A backend that can store part of a batch while the client prepares
+        the next part overrides it."""
         prepared = [self.prepare(j, now) for j in jobs]
         if not prepared:
             return []
         return await self._enqueue([p[0] for p in prepared], [p[1] for p in prepared], connection)
-
-    async def _enqueue_batch(self, jobs: Iterable[Job], now: datetime) -> list[str]:
-        """:meth:`enqueue_many` outside a caller's transaction: every job prepared,
-        then stored in one go. A backend that can store part of a batch while
-        the client prepares the next part overrides it."""
-        prepared = [self.prepare(j, now) for j in jobs]
-        if not prepared:
-            return []
-        return await self._enqueue([p[0] for p in prepared], [p[1] for p in prepared], None)
 
     # ------------------------------------------------------------------ claim & finish
     async def claim(self, request: ClaimRequest) -> list[Lease]:

@@ -128,6 +128,18 @@ class MemoryStorage(Storage):
         else:
             self._tally.pop(key, None)
 
+    def _recount(self, queue: str, old: JobState, new: JobState) -> None:
+        """A job of ``queue`` moved from state ``old`` to ``new``."""
+        tally = self._tally
+        key = (queue, old)
+        n = tally.get(key, 0) - 1
+        if n:
+            tally[key] = n
+        else:
+            del tally[key]
+        key = (queue, new)
+        tally[key] = tally.get(key, 0) + 1
+
     def _set_state(
         self,
         job: Job,
@@ -137,15 +149,7 @@ class MemoryStorage(Storage):
         server_id: str | None = None,
         keep_place: bool = False,
     ) -> None:
-        tally, queue = self._tally, job.queue
-        key = (queue, job.state)
-        n = tally.get(key, 0) - 1
-        if n:
-            tally[key] = n
-        else:
-            del tally[key]
-        key = (queue, state)
-        tally[key] = tally.get(key, 0) + 1
+        self._recount(job.queue, job.state, state)
         job.state = state
         job.updated_at = now
         job.history.append(StateChange(state, now, reason, server_id, job.attempts))
@@ -231,7 +235,6 @@ class MemoryStorage(Storage):
             suspects = request.max_suspects
             # the batch's fencing tokens from one read of the system's random source
             randomness, drawn = os.urandom(16 * request.limit), 0
-            tally = self._tally
             for queue in request.queues:
                 if queue in self._paused:
                     continue
@@ -261,13 +264,7 @@ class MemoryStorage(Storage):
                     job.lease_expires_at = expires
                     job.cancel_requested = False
                     # _set_state(job, P, ...) for a job known Enqueued in ``queue``
-                    key = (queue, E)
-                    n = tally.get(key, 0) - 1
-                    if n:
-                        tally[key] = n
-                    else:
-                        del tally[key]
-                    tally[queue, P] = tally.get((queue, P), 0) + 1
+                    self._recount(queue, E, P)
                     job.state = P
                     job.updated_at = now
                     job.history.append(StateChange(P, now, None, request.server_id, job.attempts))

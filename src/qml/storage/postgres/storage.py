@@ -97,6 +97,7 @@ _SERVER_SETTINGS = {"application_name": "qml", "timezone": "UTC", "jit": "off"}
 #: small enough that the client prepares a chunk in about the time the database
 #: inserts one, large enough that a statement's fixed cost stays small.
 STREAM_CHUNK = 200
+_END = object()  # the end of a batch's jobs (a None among them is a bad job, not the end)
 #: Seconds an enqueue trusts an earlier one that found no server parked for its
 #: queue (``PostgresStorage._nobody_parked``); queues remembered at most.
 _UNPARKED_TTL = 0.1
@@ -581,27 +582,36 @@ class PostgresStorage(Storage):
                 raise err from exc
         return [j.id for j in jobs]
 
-    async def _enqueue_batch(self, jobs: Iterable[Job], now: datetime) -> list[str]:
-        """A batch longer than :data:`STREAM_CHUNK` is stored in one transaction, a
-        statement per chunk, each chunk prepared and encoded while the database
-        inserts the one before (the client's work and the database's overlap: two
-        processes). Shorter batches take :meth:`_enqueue`'s single statement."""
+    async def _enqueue_batch(
+        self, jobs: Iterable[Job], now: datetime, connection: Any = None
+    ) -> list[str]:
+        """A batch longer than :data:`STREAM_CHUNK` (outside a caller's transaction)
+        is stored in one transaction, a statement per chunk, each chunk prepared and
+        encoded while the database inserts the one before (the client's work and
+        the database's overlap: two processes). Shorter batches take
+        :meth:`_enqueue`'s single statement."""
+        if connection is not None:
+            return await super()._enqueue_batch(jobs, now, connection)
         it = iter(jobs)
-        first = [self.prepare(j, now) for j in itertools.islice(it, STREAM_CHUNK)]
-        following = next(it, None)
-        if following is None:
+
+        def take() -> list[tuple[Job, bytes]]:
+            return [self.prepare(j, now) for j in itertools.islice(it, STREAM_CHUNK)]
+
+        first = take()
+        following: Job | object = next(it, _END)
+        if following is _END:
             if not first:
                 return []
             return await self._enqueue([p[0] for p in first], [p[1] for p in first], None)
-        rest = itertools.chain((following,), it)
-        chunks: list[str] = [enqueue_json([p[0] for p in first], [p[1] for p in first])]
-        ids = [p[0].id for p in first]
-        done = False  # ``rest`` is used up: every chunk is in ``chunks``
+        it = itertools.chain((cast(Job, following),), it)
+        chunks: list[str] = []
+        ids: list[str] = []
+        done = False  # the jobs are used up: every chunk is in ``chunks``
 
-        def encode_next() -> bool:
-            """Prepare and encode the next chunk of ``rest``; False when none is left."""
+        def encode_next(batch: list[tuple[Job, bytes]] | None = None) -> bool:
+            """Encode ``batch`` or else the next chunk of jobs; False when none is left."""
             nonlocal done
-            batch = [self.prepare(j, now) for j in itertools.islice(rest, STREAM_CHUNK)]
+            batch = take() if batch is None else batch
             if not batch:
                 done = True
                 return False
@@ -609,6 +619,7 @@ class PostgresStorage(Storage):
             ids.extend(p[0].id for p in batch)
             return True
 
+        encode_next(first)
         sql = self._q["enqueue"]
 
         async def stream(conn: Conn) -> None:

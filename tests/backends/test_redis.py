@@ -529,6 +529,28 @@ async def test_startup_copes_with_config_disabled(
     assert await storage.enqueue(Job("m"))  # it works all the same
 
 
+@pytest.mark.parametrize("functions", [True, False], ids=["fcall", "evalsha"])
+async def test_used_ids_are_refused_on_a_redis_without_zmscore(
+    open_storage: OpenStorage, redis_server: ServerMaker, functions: bool
+) -> None:
+    """Enqueue looks up every new id in one ZMSCORE (Redis 6.2+); where the
+    command is missing it checks each job's key instead, with the same result."""
+    server = redis_server("--rename-command", "ZMSCORE", "", "--save", "", "--appendonly", "no")
+    storage = await open_storage(url=server.url)
+    if not functions:
+        assert storage._run is not None
+        storage._run.functions = False  # as on Redis 5-6: scripts by SHA (loaded on NOSCRIPT)
+    first = await storage.enqueue_many([Job("m", {"i": i}) for i in range(3)])
+    used = Job("m", {"again": True})
+    used.id = first[1]
+    for batch in ([used], [Job("m"), Job("m"), used, Job("m")]):
+        with pytest.raises(DuplicateJobError, match=first[1]):
+            await storage.enqueue_many(batch)
+    assert await storage.count(JobState.ENQUEUED) == 3  # nothing else was written
+    assert len(await storage.enqueue_many([Job("m") for _ in range(4)])) == 4
+    assert await storage.count(JobState.ENQUEUED) == 7
+
+
 # ---------------------------------------------------------------------- restart
 async def test_acknowledged_enqueues_survive_a_restart_with_aof(
     open_storage: OpenStorage, redis_server: ServerMaker

@@ -40,11 +40,16 @@ local function opt(s)
   return s
 end
 
--- an explicit time, or the Redis clock
+-- an explicit time, or the Redis clock (read once per call: a second read
+-- returns the first, as a script runs in one instant; reset() forgets it)
+local TIME_NOW
 local function clock(arg)
   if arg ~= nil and arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if TIME_NOW == nil then
+    local t = redis.call('TIME')
+    TIME_NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return TIME_NOW
 end
 
 local function jstr(s)
@@ -103,7 +108,7 @@ end
 local READY_AT = {}
 local function reset()
   B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
-  N2S, READY_AT = {}, {}
+  N2S, READY_AT, TIME_NOW = {}, {}, nil
 end
 
 -- a history entry: [state, at, reason, server, attempt]; the history field
@@ -151,6 +156,39 @@ local function ready_member(at, id)
     READY_AT[at] = p
   end
   return p .. id
+end
+
+-- The first of `ids` (a list) that names a stored job, or nil. K_ALL holds
+-- the id of every stored job: one ZMSCORE (Redis 6.2) checks up to 1,000 of
+-- them; a server without it checks each job's key.
+local function first_stored(ids)
+  for s = 1, #ids, 1000 do
+    local e = math.min(s + 999, #ids)
+    local scores = redis.pcall('ZMSCORE', K_ALL, unpack(ids, s, e))
+    if scores.err then
+      for k = s, e do
+        if redis.call('EXISTS', K_JOB .. ids[k]) == 1 then return ids[k] end
+      end
+    else
+      for k = 1, e - s + 1 do
+        if scores[k] then return ids[s + k - 1] end
+      end
+    end
+  end
+  return nil
+end
+
+-- The first of `fields` (a list) present in hash `key`, or nil: one HMGET for
+-- up to 1,000 of them.
+local function first_field(key, fields)
+  for s = 1, #fields, 1000 do
+    local e = math.min(s + 999, #fields)
+    local got = redis.call('HMGET', key, unpack(fields, s, e))
+    for k = 1, e - s + 1 do
+      if got[k] then return fields[s + k - 1] end
+    end
+  end
+  return nil
 end
 
 -- What every state change reads from a job hash, in this order.

@@ -11,24 +11,28 @@
 -- every new job: nobody else is woken.
 local now = clock(ARGV[1])
 local total = tonumber(ARGV[2])
-local recs = {}
+local recs, ids, keys = {}, {}, {}
 local seen, seen_keys = {}, {}
 local i = 3
 for j = 1, total do
   local rec
   rec, i = read_job(i)
-  if seen[rec.id] or redis.call('EXISTS', K_JOB .. rec.id) == 1 then
-    return {0, 'a job with id ' .. rec.id .. ' already exists'}
-  end
+  if seen[rec.id] then return {0, 'a job with id ' .. rec.id .. ' already exists'} end
   seen[rec.id] = true
+  ids[j] = rec.id
   if rec.dedup then
-    if seen_keys[rec.dedup] or redis.call('HEXISTS', K_DEDUP, rec.dedup) == 1 then
+    if seen_keys[rec.dedup] then
       return {0, 'a job with dedup_key ' .. rec.dedup .. ' already exists'}
     end
     seen_keys[rec.dedup] = true
+    keys[#keys + 1] = rec.dedup
   end
   recs[j] = rec
 end
+local taken_id = first_stored(ids)
+if taken_id then return {0, 'a job with id ' .. taken_id .. ' already exists'} end
+local taken_key = first_field(K_DEDUP, keys)
+if taken_key then return {0, 'a job with dedup_key ' .. taken_key .. ' already exists'} end
 if total == 1 and not (recs[1].run_at and tonumber(recs[1].run_at) > now) then
   local how = hand_new(recs[1], now)
   if how == 'handed' then

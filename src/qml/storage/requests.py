@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from ..job import Job, JobState
 
@@ -50,9 +50,21 @@ class Lease:
     token: str
     expires_at: datetime
 
+    def __init__(self, job: Job, token: str, expires_at: datetime) -> None:
+        # Frozen, but set through the slots themselves: the generated __init__'s
+        # object.__setattr__ per field costs twice as much, on every claimed job.
+        _LEASE_JOB(self, job)
+        _LEASE_TOKEN(self, token)
+        _LEASE_EXPIRES(self, expires_at)
+
     @property
     def job_id(self) -> str:
         return self.job.id
+
+
+_LEASE_JOB = cast(Any, Lease).job.__set__
+_LEASE_TOKEN = cast(Any, Lease).token.__set__
+_LEASE_EXPIRES = cast(Any, Lease).expires_at.__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,55 +128,56 @@ class Outcome:
     reason: str | None = None
     server_id: str | None = None
 
+    def __init__(
+        self,
+        job_id: str,
+        token: str,
+        kind: OutcomeKind,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        ttl: float | None = None,
+        reason: str | None = None,
+        server_id: str | None = None,
+    ) -> None:
+        # set through the slots (see Lease.__init__): one per finished job
+        _fill_outcome(self, job_id, token, kind, result, error, delay, ttl, reason, server_id)
+
     @classmethod
     def succeed(cls, lease: Lease, result: Any = None, *, ttl: float) -> Outcome:
-        return cls(
-            lease.job.id,
-            lease.token,
-            OutcomeKind.SUCCEED,
-            result=result,
-            ttl=ttl,
-            server_id=lease.job.server_id,
-        )
+        job = lease.job
+        out = _new(cls)
+        _fill_outcome(out, job.id, lease.token, _SUCCEED, result, None, 0.0, ttl, None,
+                      job.server_id)  # fmt: skip
+        return out
 
     @classmethod
     def fail(
         cls, lease: Lease, error: ErrorInfo, *, ttl: float, reason: str | None = None
     ) -> Outcome:
-        return cls(
-            lease.job.id,
-            lease.token,
-            OutcomeKind.FAIL,
-            error=error,
-            ttl=ttl,
-            reason=reason,
-            server_id=lease.job.server_id,
-        )
+        job = lease.job
+        out = _new(cls)
+        _fill_outcome(out, job.id, lease.token, _FAIL, None, error, 0.0, ttl, reason,
+                      job.server_id)  # fmt: skip
+        return out
 
     @classmethod
     def retry(
         cls, lease: Lease, error: ErrorInfo, *, delay: float, reason: str | None = None
     ) -> Outcome:
-        return cls(
-            lease.job.id,
-            lease.token,
-            OutcomeKind.RETRY,
-            error=error,
-            delay=delay,
-            reason=reason,
-            server_id=lease.job.server_id,
-        )
+        job = lease.job
+        out = _new(cls)
+        _fill_outcome(out, job.id, lease.token, _RETRY, None, error, delay, None, reason,
+                      job.server_id)  # fmt: skip
+        return out
 
     @classmethod
     def release(cls, lease: Lease, *, delay: float = 0.0, reason: str | None = None) -> Outcome:
-        return cls(
-            lease.job.id,
-            lease.token,
-            OutcomeKind.RELEASE,
-            delay=delay,
-            reason=reason,
-            server_id=lease.job.server_id,
-        )
+        job = lease.job
+        out = _new(cls)
+        _fill_outcome(out, job.id, lease.token, _RELEASE, None, None, delay, None, reason,
+                      job.server_id)  # fmt: skip
+        return out
 
     @property
     def target_state(self) -> JobState:
@@ -175,6 +188,40 @@ class Outcome:
         if self.kind is OutcomeKind.RETRY:
             return JobState.AWAITING_RETRY
         return JobState.SCHEDULED if self.delay > 0 else JobState.ENQUEUED
+
+
+_new = object.__new__
+_SUCCEED, _FAIL = OutcomeKind.SUCCEED, OutcomeKind.FAIL
+_RETRY, _RELEASE = OutcomeKind.RETRY, OutcomeKind.RELEASE
+_OUTCOME_SETTERS = tuple(
+    getattr(Outcome, name).__set__
+    for name in ("job_id", "token", "kind", "result", "error", "delay", "ttl", "reason",
+                 "server_id")
+)  # fmt: skip
+
+
+def _fill_outcome(
+    out: Outcome,
+    job_id: str,
+    token: str,
+    kind: OutcomeKind,
+    result: Any,
+    error: ErrorInfo | None,
+    delay: float,
+    ttl: float | None,
+    reason: str | None,
+    server_id: str | None,
+) -> None:
+    s_id, s_token, s_kind, s_result, s_error, s_delay, s_ttl, s_reason, s_server = _OUTCOME_SETTERS
+    s_id(out, job_id)
+    s_token(out, token)
+    s_kind(out, kind)
+    s_result(out, result)
+    s_error(out, error)
+    s_delay(out, delay)
+    s_ttl(out, ttl)
+    s_reason(out, reason)
+    s_server(out, server_id)
 
 
 @dataclass(frozen=True, slots=True)

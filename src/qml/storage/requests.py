@@ -141,43 +141,41 @@ class Outcome:
         server_id: str | None = None,
     ) -> None:
         # set through the slots (see Lease.__init__): one per finished job
-        _fill_outcome(self, job_id, token, kind, result, error, delay, ttl, reason, server_id)
+        (s_id, s_token, s_kind, s_result, s_error,
+         s_delay, s_ttl, s_reason, s_server) = _OUTCOME_SETTERS  # fmt: skip
+        s_id(self, job_id)
+        s_token(self, token)
+        s_kind(self, kind)
+        s_result(self, result)
+        s_error(self, error)
+        s_delay(self, delay)
+        s_ttl(self, ttl)
+        s_reason(self, reason)
+        s_server(self, server_id)
 
     @classmethod
     def succeed(cls, lease: Lease, result: Any = None, *, ttl: float) -> Outcome:
         job = lease.job
-        out = _new(cls)
-        _fill_outcome(out, job.id, lease.token, _SUCCEED, result, None, 0.0, ttl, None,
-                      job.server_id)  # fmt: skip
-        return out
+        return cls(job.id, lease.token, _SUCCEED, result, None, 0.0, ttl, None, job.server_id)
 
     @classmethod
     def fail(
         cls, lease: Lease, error: ErrorInfo, *, ttl: float, reason: str | None = None
     ) -> Outcome:
         job = lease.job
-        out = _new(cls)
-        _fill_outcome(out, job.id, lease.token, _FAIL, None, error, 0.0, ttl, reason,
-                      job.server_id)  # fmt: skip
-        return out
+        return cls(job.id, lease.token, _FAIL, None, error, 0.0, ttl, reason, job.server_id)
 
     @classmethod
     def retry(
         cls, lease: Lease, error: ErrorInfo, *, delay: float, reason: str | None = None
     ) -> Outcome:
         job = lease.job
-        out = _new(cls)
-        _fill_outcome(out, job.id, lease.token, _RETRY, None, error, delay, None, reason,
-                      job.server_id)  # fmt: skip
-        return out
+        return cls(job.id, lease.token, _RETRY, None, error, delay, None, reason, job.server_id)
 
     @classmethod
     def release(cls, lease: Lease, *, delay: float = 0.0, reason: str | None = None) -> Outcome:
         job = lease.job
-        out = _new(cls)
-        _fill_outcome(out, job.id, lease.token, _RELEASE, None, None, delay, None, reason,
-                      job.server_id)  # fmt: skip
-        return out
+        return cls(job.id, lease.token, _RELEASE, None, None, delay, None, reason, job.server_id)
 
     @property
     def target_state(self) -> JobState:
@@ -190,7 +188,6 @@ class Outcome:
         return JobState.SCHEDULED if self.delay > 0 else JobState.ENQUEUED
 
 
-_new = object.__new__
 _SUCCEED, _FAIL = OutcomeKind.SUCCEED, OutcomeKind.FAIL
 _RETRY, _RELEASE = OutcomeKind.RETRY, OutcomeKind.RELEASE
 _OUTCOME_SETTERS = tuple(
@@ -198,30 +195,6 @@ _OUTCOME_SETTERS = tuple(
     for name in ("job_id", "token", "kind", "result", "error", "delay", "ttl", "reason",
                  "server_id")
 )  # fmt: skip
-
-
-def _fill_outcome(
-    out: Outcome,
-    job_id: str,
-    token: str,
-    kind: OutcomeKind,
-    result: Any,
-    error: ErrorInfo | None,
-    delay: float,
-    ttl: float | None,
-    reason: str | None,
-    server_id: str | None,
-) -> None:
-    s_id, s_token, s_kind, s_result, s_error, s_delay, s_ttl, s_reason, s_server = _OUTCOME_SETTERS
-    s_id(out, job_id)
-    s_token(out, token)
-    s_kind(out, kind)
-    s_result(out, result)
-    s_error(out, error)
-    s_delay(out, delay)
-    s_ttl(out, ttl)
-    s_reason(out, reason)
-    s_server(out, server_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,6 +51,36 @@ class _Pair:
             task.cancel()
 
 
+def _setting_up(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is asyncio's own, making the transport of an accepted socket."""
+    return getattr(task.get_coro(), "__name__", "") == "_accept_connection2"
+
+
+async def _accepts_settled() -> None:
+    """Return once no accepted connection is waiting for its transport."""
+    for _ in range(1000):
+        if not any(_setting_up(t) for t in asyncio.all_tasks()):
+            return
+        await asyncio.sleep(0)
+
+
+class _Tracked(asyncio.StreamReaderProtocol):
+    """A stream protocol that adds its transport to ``transports`` when made."""
+
+    def __init__(
+        self,
+        transports: set[asyncio.BaseTransport],
+        reader: asyncio.StreamReader,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ) -> None:
+        super().__init__(reader, handler)
+        self._transports = transports
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.add(transport)
+        super().connection_made(transport)
+
+
 class TcpProxy:
     """Forward ``127.0.0.1:<port>`` to ``target_host:target_port``; see the module doc."""
 
@@ -65,6 +95,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
+        #: Every transport the proxy accepted or opened: each is closed at the end.
+        self._transports: set[asyncio.BaseTransport] = set()
         self._flowing: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ control
@@ -90,6 +122,8 @@ class TcpProxy:
             return
         with contextlib.suppress(Exception):
             self._call(self._shutdown())
+        with contextlib.suppress(Exception):
+            self._call(self._settle())  # whatever a failed shutdown left open
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -115,8 +149,16 @@ class TcpProxy:
         await self._listen()
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
+        # asyncio.start_server, with each accepted transport noted as it is made:
+        # a handler task cancelled before its first step never runs its body (nor
+        # its finally), so only this set knows to close that connection
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return _Tracked(self._transports, asyncio.StreamReader(loop=loop), self._accept)
+
+        self._server = await loop.create_server(
+            protocol, "127.0.0.1", self.port, reuse_address=True
         )
 
     async def _cut(self) -> float:
@@ -124,6 +166,13 @@ class TcpProxy:
         self.state = "cut"
         server, self._server = self._server, None
         if server is not None:
+            # Connections the listening socket took are given their transports
+            # by tasks of asyncio's own; on Python 3.11 such a task fails in the
+            # transport's constructor once the server is closed (Server._attach
+            # asserts it is open), and that connection's socket is never closed.
+            # So they are let finish first: closing right after the check, in the
+            # same step, leaves no room for another.
+            await _accepts_settled()
             server.close()  # new connections are refused from here on
         pairs, self._pairs = self._pairs, set()
         for pair in pairs:
@@ -136,13 +185,38 @@ class TcpProxy:
 
     async def _shutdown(self) -> None:
         """Cut, then end every task still running (a connection being accepted or
-        pumped), so that no socket is left open when the loop stops."""
+        pumped) and close every transport, so that no socket is left open when
+        the loop stops.
+
+        The cut lets every accepted connection get its transport first (see
+        :meth:`_cut`): a task of asyncio's setting one up, cancelled before its
+        first step, would leave the socket open with nothing to close it.
+        """
         await self._cut()
         current = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(10):
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Close every transport still open; return once their sockets are closed
+        (by a callback that ``abort()`` queues)."""
+        self._abort_all()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def _abort_all(self) -> None:
+        transports, self._transports = self._transports, set()
+        for transport in transports:
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:
+                transport.close()
 
     async def _stall(self) -> float:
         assert self._flowing is not None
@@ -171,6 +245,7 @@ class TcpProxy:
             except OSError:
                 writer.transport.abort()
                 return
+            self._transports.add(up_writer.transport)
             pair.upstream = up_writer
             if pair not in self._pairs:  # cut while connecting upstream
                 pair.abort()
@@ -185,6 +260,7 @@ class TcpProxy:
             for w in (writer, pair.upstream):
                 if w is not None:
                     w.transport.abort()
+                    self._transports.discard(w.transport)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         assert self._flowing is not None

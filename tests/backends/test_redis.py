@@ -772,6 +772,42 @@ async def test_numbers_are_stored_as_integertext(open_storage: OpenStorage) -> N
         await raw.aclose()
 
 
+async def test_a_new_job_of_the_common_shape_is_stored_like_any_other(
+    open_storage: OpenStorage,
+) -> None:
+    # insert() writes a job with only a method and args (no run_at, dedup key,
+    # claim) by a shorter path: its hash, indexes and counters are the same
+    storage = await open_storage()
+    raw = Redis.from_url(storage.config.url)
+    try:
+        plain, full = await storage.enqueue_many([
+            Job("m", {"a": 1}, priority=2),
+            Job("m", {"a": 1}, priority=2, max_retries=2, timeout=5.0, meta={"k": "v"}),
+        ])  # fmt: skip
+        lone = await storage.enqueue(Job("m", {"a": 1}, priority=2))
+        hashes = {i: await raw.hgetall(storage.keys.job + i) for i in (plain, full, lone)}
+        extra = {b"max_retries", b"timeout", b"meta"}
+        assert set(hashes[full]) - set(hashes[plain]) == extra
+        assert set(hashes[plain]) == set(hashes[lone]) == set(hashes[full]) - extra
+        common = set(hashes[plain]) - {b"id"}  # one call, one time: the rest is equal
+        assert {f: hashes[plain][f] for f in common} == {f: hashes[full][f] for f in common}
+        assert hashes[plain][b"id"] == plain.encode()
+        assert await storage.count(JobState.ENQUEUED, "default") == 3
+        ready = await raw.zrange(storage.keys.ready + "default", 0, -1, withscores=True)
+        assert [(text(m)[16:], s) for m, s in ready] == [(plain, -2), (full, -2), (lone, -2)]
+        assert await raw.zmscore(storage.keys.all, [plain, full, lone]) == [0, 0, 0]
+        assert await raw.zcard(storage.keys.state + "enqueued") == 3
+        leases = await storage.claim(ClaimRequest("srv", ["default"], 3))
+        assert [lease.job.id for lease in leases] == [plain, full, lone]
+        assert [(lease.job.attempts, lease.job.max_retries) for lease in leases] == [
+            (1, None),
+            (1, 2),
+            (1, None),
+        ]
+    finally:
+        await raw.aclose()
+
+
 async def test_a_lone_new_job_goes_straight_to_a_parked_server(
     open_storage: OpenStorage, redis_server: ServerMaker
 ) -> None:

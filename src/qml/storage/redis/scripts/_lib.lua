@@ -62,6 +62,10 @@ end
 -- ZREM is applied before every ZADD, which is right because a job changes
 -- state at most once per script (each script checks its job's state first).
 local B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+-- insert()'s per-call memos: the first history entry of a new job by state
+-- (at time NEW_AT); by queue, the B_ZADD lists of its ready, Enqueued-state
+-- and all-jobs keys and its Enqueued counter field (flush() forgets them)
+local NEW_HISTORY, NEW_AT, NEW_QUEUE = {}, nil, {}
 
 local function push(store, key, a, b)
   local t = store[key]
@@ -101,6 +105,7 @@ local function flush()
     end
   end
   B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
+  NEW_QUEUE = {}  -- it holds lists of B_ZADD
 end
 
 -- Per-call state back to empty: a function library keeps its locals between
@@ -108,7 +113,7 @@ end
 local READY_AT = {}
 local function reset()
   B_ZADD, B_ZREM, B_COUNT, B_STAT = {}, {}, {}, {}
-  N2S, READY_AT, TIME_NOW = {}, {}, nil
+  N2S, READY_AT, TIME_NOW, NEW_HISTORY, NEW_AT, NEW_QUEUE = {}, {}, nil, {}, nil, {}
 end
 
 -- a history entry: [state, at, reason, server, attempt]; the history field
@@ -259,14 +264,50 @@ end
 -- Store a new job (call flush() afterwards): Scheduled if run_at is after
 -- `now`, else Enqueued; or, given `claim` ({server, token, deadline}), an
 -- Enqueued job goes straight on to Processing under that claim, as a claim
--- would move it (see hand_new). Returns its fields (field, value, ...).
+-- would move it (see hand_new). Returns its fields (field, value, ...), or nil
+-- for a job of the common shape (Enqueued, method and args only, no claim),
+-- which is written without building them: a batch's cost is mostly per job.
 local function insert(rec, now, claim)
   local id, queue = rec.id, rec.queue
   local state, reason = ENQ, 'enqueued'
   local run_at = rec.run_at and tonumber(rec.run_at)
   if run_at and run_at > now then state, reason = SCH, 'scheduled' end
   local snow = n2s(now)
-  local history = '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'
+  if NEW_AT ~= now then NEW_HISTORY, NEW_AT = {}, now end
+  local history = NEW_HISTORY[state]
+  if history == nil then
+    history = '["' .. state .. '",' .. snow .. ',"' .. reason .. '",null,0]'
+    NEW_HISTORY[state] = history
+  end
+  if state == ENQ and not claim and rec.n == 2 and not run_at and not rec.dedup then
+    -- the common shape: the HSET takes its fields directly; the rest goes
+    -- straight to the lists flush() writes (as zadd() and count() would)
+    local a = rec.first
+    local q = NEW_QUEUE[queue]
+    if q == nil then
+      local rk, sk = K_READY .. queue, K_STATE .. ENQ
+      for _, k in ipairs({rk, sk, K_ALL}) do
+        if B_ZADD[k] == nil then B_ZADD[k] = {} end
+      end
+      q = {ready = B_ZADD[rk], state = B_ZADD[sk], all = B_ZADD[K_ALL],
+        count = ENQ .. ':' .. queue}
+      NEW_QUEUE[queue] = q
+    end
+    local t = q.ready
+    local n = #t
+    t[n + 1], t[n + 2] = n2s(-tonumber(rec.priority)), ready_member(now, id)
+    redis.call('HSET', K_JOB .. id, 'id', id, 'queue', queue, 'priority', rec.priority,
+      'state', ENQ, 'attempts', '0', 'crashes', '0', 'created_at', snow, 'updated_at', snow,
+      'history', history, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], 'enqueued_at', snow)
+    t = q.all
+    n = #t
+    t[n + 1], t[n + 2] = '0', id
+    t = q.state
+    n = #t
+    t[n + 1], t[n + 2] = '0', id
+    B_COUNT[q.count] = (B_COUNT[q.count] or 0) + 1
+    return nil
+  end
   local attempts = '0'
   if claim and state == ENQ then  -- enqueued, then claimed at once
     history = append(history, entry(PRO, now, nil, claim.server, 1))

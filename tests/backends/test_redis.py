@@ -793,7 +793,10 @@ async def test_a_new_job_of_the_common_shape_is_stored_like_any_other(
         assert {f: hashes[plain][f] for f in common} == {f: hashes[full][f] for f in common}
         assert hashes[plain][b"id"] == plain.encode()
         assert await storage.count(JobState.ENQUEUED, "default") == 3
-        ready = await raw.zrange(storage.keys.ready + "default", 0, -1, withscores=True)
+        ready = cast(
+            list[tuple[bytes, float]],
+            await raw.zrange(storage.keys.ready + "default", 0, -1, withscores=True),
+        )
         assert [(text(m)[16:], s) for m, s in ready] == [(plain, -2), (full, -2), (lone, -2)]
         assert await raw.zmscore(storage.keys.all, [plain, full, lone]) == [0, 0, 0]
         assert await raw.zcard(storage.keys.state + "enqueued") == 3

@@ -169,6 +169,23 @@ async def test_jobs_of_a_paused_queue_are_not_handed(open_storage: Open) -> None
     assert await _parkings(storage) == []
 
 
+async def test_an_interrupt_during_the_park_statement_ends_the_wait(open_storage: Open) -> None:
+    # as when a suspect of the server's own ends while its park statement is on the
+    # way: the server wants to claim again now, not after its polling interval
+    storage = await open_storage()
+    interrupt = asyncio.Event()
+    hot = storage._hot
+
+    async def interrupted(name: str, fn: Any, **kwargs: Any) -> Any:
+        interrupt.set()  # after wait_for_claim looked at it, before the reply
+        return await hot(name, fn, **kwargs)
+
+    storage._hot = interrupted  # type: ignore[method-assign]
+    waiting = storage.wait_for_claim(_request(), 3600.0, interrupt)
+    assert await asyncio.wait_for(waiting, 60) == []
+    assert await _parkings(storage) == []
+
+
 async def test_other_signals_end_the_parking(open_storage: Open) -> None:
     waiter, producer = await open_storage(), await open_storage()
     task = asyncio.create_task(waiter.wait_for_claim(_request(queue="mine"), 30.0, asyncio.Event()))

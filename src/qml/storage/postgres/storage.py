@@ -1011,11 +1011,14 @@ class PostgresStorage(Storage):
                 _PARKS[0] += 1
             if rows:
                 return self._claimed(rows)
+            # An interrupt that came during the park statement ends the wait at once
+            # (the caller wants another claim: a suspect of its own has ended, say).
             stop = None if interrupt.is_set() else asyncio.ensure_future(interrupt.wait())
             try:
-                if not fut.done():
-                    waits = {fut} if stop is None else {fut, stop}
-                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if stop is not None and not fut.done():
+                    await asyncio.wait(
+                        {fut, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
             except BaseException as exc:
                 await self._abandon_after(exc, park_id, tokens)
                 raise

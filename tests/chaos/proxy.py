@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class _Tracked(asyncio.StreamReaderProtocol):
 
     def __init__(
         self,
-        transports: set[asyncio.BaseTransport],
+        transports: set[asyncio.Transport],
         reader: asyncio.StreamReader,
         handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     ) -> None:
@@ -77,7 +77,7 @@ class _Tracked(asyncio.StreamReaderProtocol):
         self._transports = transports
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transports.add(transport)
+        self._transports.add(cast(asyncio.Transport, transport))  # a socket's
         super().connection_made(transport)
 
 
@@ -96,7 +96,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
         #: Every transport the proxy accepted or opened: each is closed at the end.
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
         self._flowing: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ control
@@ -122,8 +122,8 @@ class TcpProxy:
             return
         with contextlib.suppress(Exception):
             self._call(self._shutdown())
-        with contextlib.suppress(Exception):
-            self._call(self._settle())  # whatever a failed shutdown left open
+        with contextlib.suppress(Exception):  # also after a shutdown that failed
+            self._call(self._settle())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -185,38 +185,24 @@ class TcpProxy:
 
     async def _shutdown(self) -> None:
         """Cut, then end every task still running (a connection being accepted or
-        pumped) and close every transport, so that no socket is left open when
-        the loop stops.
-
-        The cut lets every accepted connection get its transport first (see
-        :meth:`_cut`): a task of asyncio's setting one up, cancelled before its
-        first step, would leave the socket open with nothing to close it.
-        """
+        pumped). The cut lets every accepted connection get its transport first
+        (see :meth:`_cut`); a handler task cancelled before its first step leaves
+        its transport to :meth:`_settle`."""
         await self._cut()
         current = asyncio.current_task()
-        for _ in range(10):
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            if not tasks:
-                break
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await self._settle()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _settle(self) -> None:
         """Close every transport still open; return once their sockets are closed
         (by a callback that ``abort()`` queues)."""
-        self._abort_all()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    def _abort_all(self) -> None:
         transports, self._transports = self._transports, set()
         for transport in transports:
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
-            else:
-                transport.close()
+            transport.abort()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     async def _stall(self) -> float:
         assert self._flowing is not None
@@ -245,7 +231,7 @@ class TcpProxy:
             except OSError:
                 writer.transport.abort()
                 return
-            self._transports.add(up_writer.transport)
+            self._transports.add(cast(asyncio.Transport, up_writer.transport))
             pair.upstream = up_writer
             if pair not in self._pairs:  # cut while connecting upstream
                 pair.abort()
